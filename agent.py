@@ -1,0 +1,117 @@
+"""The agent: a model acting in K environments. Training, testing and evaluation all step through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from model import A3Clstm
+
+
+@dataclass
+class StepResult:
+    rewards: np.ndarray  # [K] float32
+    terminated: np.ndarray  # [K] bool
+    truncated: np.ndarray  # [K] bool
+    final_obs: dict  # env index -> last frame of an episode that was truncated (for bootstrapping)
+    finished: list  # (env index, episode reward, episode length, info) of episodes that ended
+
+
+class Agent:
+    """Holds the current frames, LSTM state and running episode totals of K envs.
+
+    The LSTM state is zeroed where an episode starts by multiplying with `1 - starts`, the
+    same arithmetic `A3Clstm.unroll` uses to replay a rollout.
+    """
+
+    def __init__(self, model: A3Clstm, envs: list[gym.Env], device: torch.device, seed: int):
+        self.model = model
+        self.envs = envs
+        self.device = device
+        k = len(envs)
+        first = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+        self._host = torch.empty(first.shape, dtype=torch.float32, pin_memory=device.type == "cuda")
+        self.obs = torch.empty(first.shape, dtype=torch.float32, device=device)
+        self._upload(first)
+        self.state = model.initial_state(k, device)
+        self.starts = torch.ones(k, device=device)
+        self.episode_reward = np.zeros(k)
+        self.episode_length = np.zeros(k, dtype=np.int64)
+
+    def _upload(self, frames: np.ndarray) -> None:
+        self._host.copy_(torch.from_numpy(frames))
+        self.obs.copy_(self._host, non_blocking=True)
+
+    def forward(self):
+        """Value, logits and next LSTM state for the current frames; does not change the agent."""
+        keep = (1.0 - self.starts).unsqueeze(1)
+        hx, cx = self.state
+        return self.model(self.obs, (hx * keep, cx * keep))
+
+    def act(self, greedy: bool):
+        """Advance the LSTM on the current frames and choose actions: argmax, or sampled from the policy."""
+        value, logits, self.state = self.forward()
+        if greedy:
+            actions = logits.argmax(dim=1)
+        else:
+            actions = torch.multinomial(torch.softmax(logits, dim=1), 1).squeeze(1)
+        return actions, value, logits
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """Apply one action per env; envs whose episode ends are reset and marked as starting anew."""
+        k = len(self.envs)
+        rewards = np.zeros(k, dtype=np.float32)
+        terminated = np.zeros(k, dtype=bool)
+        truncated = np.zeros(k, dtype=bool)
+        frames, final_obs, finished = [], {}, []
+        for i, (env, action) in enumerate(zip(self.envs, actions.tolist())):
+            obs, reward, terminated[i], truncated[i], info = env.step(action)
+            rewards[i] = reward
+            self.episode_reward[i] += reward
+            self.episode_length[i] += 1
+            if terminated[i] or truncated[i]:
+                if truncated[i] and not terminated[i]:
+                    final_obs[i] = obs
+                finished.append((i, float(self.episode_reward[i]), int(self.episode_length[i]), info))
+                self.episode_reward[i] = 0.0
+                self.episode_length[i] = 0
+                obs, _ = env.reset()
+            frames.append(obs)
+        self._upload(np.stack(frames))
+        self.starts = torch.from_numpy((terminated | truncated).astype(np.float32)).to(self.device)
+        return StepResult(rewards, terminated, truncated, final_obs, finished)
+
+    def value_of(self, frame: np.ndarray, index: int) -> float:
+        """Critic's value of a frame env `index` ended on, from its current LSTM state (truncation bootstrap)."""
+        hx, cx = (s[index : index + 1] for s in self.state)
+        x = torch.as_tensor(frame, device=self.device).unsqueeze(0)
+        with torch.no_grad():
+            value, _, _ = self.model(x, (hx, cx))
+        return float(value)
+
+    def detach_state(self) -> None:
+        self.state = tuple(s.detach() for s in self.state)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def play_game(agent: Agent, greedy: bool = True, should_stop=lambda: False, on_step=None):
+    """Play env 0 until its episode ends; return (reward, length, info), or None if asked to stop first.
+
+    With the evaluation env stack an episode is a whole game (all lives), so this is the real score.
+    """
+    while not should_stop():
+        with torch.no_grad():
+            actions, _, _ = agent.act(greedy)
+        result = agent.step(actions)
+        if on_step is not None:
+            on_step()
+        for index, reward, length, info in result.finished:
+            if index == 0:
+                return reward, length, info
+    return None

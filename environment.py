@@ -1,0 +1,271 @@
+"""Environment creation: the one place that builds and wraps every env the toolkit plays.
+
+Atari ids get the classic A3C/DeepMind stack (no-op starts, frame skip with max-pooling,
+episodic life, fire on reset, crop/grayscale/resize, running normalisation, reward clipping).
+Any other gymnasium env with image observations and discrete actions gets the image
+preprocessing and normalisation only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from functools import cache
+
+import ale_py
+import cv2
+import gymnasium as gym
+import numpy as np
+
+from utils import UsageError
+
+gym.register_envs(ale_py)
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+
+FRAME_SIZE = 80
+DETERMINISTIC_ID = re.compile(r"^(?P<game>[A-Za-z0-9]+)Deterministic-v[04]$")
+
+
+class NoopReset(gym.Wrapper):
+    """Start each game with 1..noop_max no-ops so that greedy play does not see one fixed start."""
+
+    def __init__(self, env: gym.Env, noop_max: int = 30):
+        super().__init__(env)
+        self.noop_max = noop_max
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        for _ in range(self.unwrapped.np_random.integers(1, self.noop_max + 1)):
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset()
+        return obs, info
+
+
+class MaxAndSkip(gym.Wrapper):
+    """Repeat each action `skip` frames, sum rewards, max-pool the last two frames (Atari flicker)."""
+
+    def __init__(self, env: gym.Env, skip: int):
+        super().__init__(env)
+        self.skip = skip
+        self._frames = np.zeros((2, *env.observation_space.shape), dtype=env.observation_space.dtype)
+
+    def step(self, action):
+        total = 0.0
+        terminated = truncated = False
+        info = {}
+        for i in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            self._frames[i % 2] = obs
+            total += float(reward)
+            if terminated or truncated:
+                self._frames[(i + 1) % 2] = obs
+                break
+        return self._frames.max(axis=0), total, terminated, truncated, info
+
+
+class EpisodicLife(gym.Wrapper):
+    """A lost life ends the training episode (faster credit assignment); the game resets only on game over."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lives = 0
+        self.game_over = True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        info["game_over"] = self.game_over
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.game_over = False
+        self.lives = self.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE after every reset: games like Breakout stand still until it is pressed."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+class Preprocess(gym.ObservationWrapper):
+    """Crop (Atari screens only), grayscale and resize to a 1x80x80 float32 frame in [0, 1]."""
+
+    def __init__(self, env: gym.Env, crop: dict | None):
+        super().__init__(env)
+        self.crop = crop
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (1, FRAME_SIZE, FRAME_SIZE), np.float32)
+
+    def observation(self, frame):
+        if self.crop is not None:
+            frame = frame[self.crop["crop1"] : self.crop["crop2"] + 160, :160]
+        if frame.ndim == 3:
+            frame = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.shape[2] == 3 else frame.mean(axis=2)
+        frame = frame.astype(np.float32) * (1.0 / 255.0)
+        if self.crop is not None:
+            frame = cv2.resize(frame, (self.crop["dimension2"], FRAME_SIZE), interpolation=cv2.INTER_AREA)
+        frame = cv2.resize(frame, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
+        return frame.reshape(1, FRAME_SIZE, FRAME_SIZE)
+
+
+class NormalizeObservation(gym.ObservationWrapper):
+    """Standardise frames by a bias-corrected running mean/std of frame means and stds (as the classic tool)."""
+
+    def __init__(self, env: gym.Env, alpha: float = 0.9999):
+        super().__init__(env)
+        self.alpha = alpha
+        self.mean = 0.0
+        self.std = 0.0
+        self.count = 0
+
+    def observation(self, obs):
+        self.count += 1
+        self.mean = self.mean * self.alpha + float(obs.mean()) * (1 - self.alpha)
+        self.std = self.std * self.alpha + float(obs.std()) * (1 - self.alpha)
+        correction = 1 - self.alpha**self.count
+        return ((obs - self.mean / correction) / (self.std / correction + 1e-8)).astype(np.float32)
+
+
+class ClipReward(gym.RewardWrapper):
+    """Clip training rewards to [-1, 1] so one learning rate fits every game."""
+
+    def reward(self, reward):
+        return float(np.clip(reward, -1.0, 1.0))
+
+
+@cache
+def load_env_config(path: str) -> dict:
+    """Read the per-game crop table; every problem is a UsageError naming the file."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"env config {path} not found: pass --env-config with the path to config.json") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"env config {path} is not valid JSON ({e.msg} at line {e.lineno}): fix the file") from None
+    if not isinstance(config, dict) or "Default" not in config:
+        raise UsageError(f'env config {path} has no "Default" entry: add one with crop1, crop2 and dimension2')
+    for name, entry in config.items():
+        missing = [k for k in ("crop1", "crop2", "dimension2") if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise UsageError(f'env config {path}: entry "{name}" lacks {", ".join(missing)}: add them')
+    return config
+
+
+def crop_for(env_id: str, config: dict) -> dict:
+    """The config entry whose name is the longest substring of the env id, else "Default"."""
+    matches = [name for name in config if name != "Default" and name in env_id]
+    return config[max(matches, key=len)] if matches else config["Default"]
+
+
+def _make_base(env_id: str, render_mode: str | None) -> gym.Env:
+    """gym.make with the classic Deterministic ids rebuilt on the current ALE env."""
+    kwargs = {"render_mode": render_mode}
+    classic = DETERMINISTIC_ID.match(env_id)
+    if classic:
+        env_id = f"ALE/{classic['game']}-v5"
+        kwargs.update(frameskip=4, repeat_action_probability=0.0, full_action_space=False)
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as e:
+        raise UsageError(_unknown_env_message(env_id, e)) from None
+    except ModuleNotFoundError as e:
+        raise UsageError(f"cannot import module {e.name!r} named in env id {env_id!r}") from None
+
+
+def _unknown_env_message(env_id: str, error: Exception) -> str:
+    known = list(gym.registry) + [f"{g}Deterministic-v4" for g in _ale_games()]
+    close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.pprint_registry() for the ids"
+    return f"unknown env id {env_id!r} ({error}): {hint}"
+
+
+def _ale_games() -> list[str]:
+    return [k[: -len("NoFrameskip-v4")] for k in gym.registry if k.endswith("NoFrameskip-v4")]
+
+
+def is_atari(env: gym.Env) -> bool:
+    return isinstance(env.unwrapped, ale_py.AtariEnv)
+
+
+def frames_per_step(env: gym.Env) -> float:
+    """Emulator frames one agent step advances, for counting frames the way Atari papers do."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, MaxAndSkip):
+            return float(env.skip)
+        env = env.env
+    if not is_atari(env):
+        return 1.0
+    skip = env.unwrapped._frameskip
+    return float(skip) if isinstance(skip, int) else (skip[0] + skip[1] - 1) / 2
+
+
+def make_env(
+    env_id: str,
+    *,
+    env_config: str = "config.json",
+    skip_rate: int = 4,
+    max_episode_length: int = 10000,
+    training: bool = True,
+    render_mode: str | None = None,
+) -> gym.Env:
+    """Build `env_id` with the preprocessing training and evaluation share.
+
+    `training` adds the episodic-life and reward-clipping wrappers; evaluation plays real
+    games and reports real scores.
+    """
+    config = load_env_config(env_config)
+    env = _make_base(env_id, render_mode)
+    check_spaces(env, env_id)
+    atari = is_atari(env)
+    if atari:
+        env = NoopReset(env)
+        if env.unwrapped._frameskip == 1 and skip_rate > 1:
+            env = MaxAndSkip(env, skip_rate)
+    env = gym.wrappers.TimeLimit(env, max_episode_steps=max_episode_length)
+    if atari and training:
+        env = EpisodicLife(env)
+    if atari and "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireReset(env)
+    env = Preprocess(env, crop_for(env_id, config) if atari else None)
+    env = NormalizeObservation(env)
+    if training:
+        env = ClipReward(env)
+    return env
+
+
+def check_spaces(env: gym.Env, env_id: str) -> None:
+    """The model needs image observations (HxW or HxWxC) and a discrete action set."""
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UsageError(f"{env_id} has {type(act_space).__name__} actions; A3C here needs a Discrete action space")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (2, 3):
+        raise UsageError(f"{env_id} observations are {obs_space}, not images; choose an env with pixel observations")
+
+
+def describe_env(env_id: str, env_config: str) -> int:
+    """Build the env once to check it before any process starts; return its number of actions."""
+    env = make_env(env_id, env_config=env_config)
+    try:
+        return int(env.action_space.n)
+    finally:
+        env.close()

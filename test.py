@@ -1,0 +1,140 @@
+"""The test process: plays greedy games with the latest shared weights, logs, plots and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+from agent import Agent, play_game
+from environment import make_env
+from train import SharedLink, build_model, init_process
+from utils import (
+    Checkpoint,
+    Config,
+    Counters,
+    append_metrics,
+    format_duration,
+    plot_metrics,
+    save_checkpoint,
+    setup_logger,
+)
+
+
+def test_process(
+    cfg: Config,
+    shared_model,
+    optimizer,
+    counters: Counters,
+    results,
+    stop_event,
+    parent_pid: int,
+    best_score: float | None,
+):
+    """Process entry; logs the error before dying so the launcher's restart has a reason on record."""
+    init_process("a3c test", cfg.seed + cfg.workers)
+    logger = setup_logger("test", cfg.log_path("_log"))
+    try:
+        run_tests(cfg, shared_model, optimizer, counters, results, stop_event, parent_pid, best_score, logger)
+    except Exception:
+        logger.exception("test process died")
+        sys.exit(1)
+
+
+def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, parent_pid, best_score, logger):
+    device = cfg.device_for(0)
+    env = make_env(
+        cfg.env,
+        env_config=cfg.env_config,
+        skip_rate=cfg.skip_rate,
+        max_episode_length=cfg.max_episode_length,
+        training=False,
+    )
+    model = build_model(env.action_space.n, cfg, device).eval()
+    agent = Agent(model, [env], device, seed=cfg.seed + cfg.workers)
+    link = SharedLink(shared_model, model, device)
+    writer = tensorboard_writer(cfg)
+    start = time.time()
+    rewards: list[float] = []
+    best = -math.inf if best_score is None else best_score
+
+    def should_stop():
+        return stop_event.is_set() or os.getppid() != parent_pid
+
+    try:
+        while not should_stop():
+            link.pull()
+            frames_before, time_before = counters.frames, time.time()
+            game = play_game(agent, greedy=True, should_stop=should_stop)
+            if game is None:
+                break
+            reward, length, _ = game
+            rewards.append(reward)
+            elapsed = time.time() - start
+            frames = counters.frames
+            fps = (frames - frames_before) / max(time.time() - time_before, 1e-9)
+            mean = sum(rewards[-cfg.target_window :]) / len(rewards[-cfg.target_window :])
+            logger.info(
+                "Time %s, episode reward %g, episode length %d, reward mean %.4f, frames %d, frames/s %.0f",
+                format_duration(elapsed),
+                reward,
+                length,
+                mean,
+                frames,
+                fps,
+            )
+            row = {
+                "wall_time": time.time(),
+                "elapsed": elapsed,
+                "frames": frames,
+                "updates": counters.updates,
+                "reward": reward,
+                "length": length,
+                "fps": fps,
+            }
+            append_metrics(cfg.log_path("_metrics.csv"), row)
+            plot_metrics([cfg.log_path("_metrics.csv")], cfg.log_path(".png"), f"{cfg.env}: A3C-LSTM test games")
+            if writer is not None:
+                for name in ("reward", "length", "fps"):
+                    writer.add_scalar(f"test/{name}", row[name], frames)
+            if not cfg.save_max or reward >= best:
+                save_model(cfg, model, optimizer, counters, max(best, reward), logger)
+            best = max(best, reward)
+            results.put((reward, length, frames))
+            stop_event.wait(cfg.test_interval)
+    finally:
+        agent.close()
+        if writer is not None:
+            writer.close()
+
+
+def save_model(cfg: Config, model, optimizer, counters: Counters, best: float, logger) -> None:
+    """Save the weights that were just tested; a failed save is reported and the previous file kept."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = Checkpoint(
+        model=state,
+        optimizer=optimizer.state_dict() if optimizer is not None else None,
+        frames=counters.frames,
+        updates=counters.updates,
+        best_score=best,
+        args=cfg.to_dict(),
+    )
+    path = cfg.checkpoint_path()
+    try:
+        save_checkpoint(path, ckpt)
+    except OSError as e:
+        logger.error("could not save %s (%s); the previous checkpoint is intact", path, e)
+
+
+def tensorboard_writer(cfg: Config):
+    if not cfg.tensorboard_logger:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(cfg.log_dir, "tensorboard", os.path.basename(cfg.log_path(""))))
+
+
+if __name__ == "__main__":
+    print("test.py is the launcher's test process; start training with python main.py", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,245 @@
+"""One Hogwild training worker: play a rollout, compute A3C losses, push gradients into the shared model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from agent import Agent
+from environment import frames_per_step, make_env
+from model import A3Clstm
+from shared_optim import make_optimizer
+from utils import Config, Counters, setup_logger
+
+EXIT_NAN = 3
+
+
+# ---------------------------------------------------------------- returns, advantages, losses
+
+
+def n_step_returns(rewards, dones, bootstrap, gamma: float):
+    """Discounted returns [T, K]: R_t = r_t + gamma * R_{t+1}, cut where an episode ended at step t."""
+    returns = torch.empty_like(rewards)
+    running = bootstrap
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * running * (1.0 - dones[t])
+        returns[t] = running
+    return returns
+
+
+def gae(rewards, values, dones, bootstrap, gamma: float, tau: float):
+    """Generalised advantage estimates [T, K] with lambda = tau; no bootstrap past an episode end."""
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(bootstrap)
+    next_value = bootstrap
+    for t in reversed(range(rewards.shape[0])):
+        nonterminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        running = delta + gamma * tau * nonterminal * running
+        advantages[t] = running
+        next_value = values[t]
+    return advantages
+
+
+class Losses(NamedTuple):
+    total: torch.Tensor
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+
+
+def a3c_loss(logits, values, actions, returns, advantages, entropy_coef: float, value_coef: float) -> Losses:
+    """rl_a3c_pytorch's loss, summed over time and averaged over envs.
+
+    policy = -sum(log pi(a) * A) - entropy_coef * sum(H); value = sum(0.5 * (R - V)^2);
+    total = policy + value_coef * value. Advantages and returns carry no gradient.
+    """
+    log_probs = F.log_softmax(logits, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    taken = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    envs = values.shape[1]
+    policy = -(taken * advantages.detach()).sum() / envs - entropy_coef * entropy.sum() / envs
+    value = 0.5 * (returns.detach() - values).pow(2).sum() / envs
+    return Losses(policy + value_coef * value, policy, value, entropy.mean())
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+@dataclass
+class Rollout:
+    frames: torch.Tensor  # [T, K, C, H, W]
+    starts: torch.Tensor  # [T, K] 1.0 where the LSTM state was zeroed before step t
+    actions: torch.Tensor  # [T, K]
+    rewards: torch.Tensor  # [T, K], truncation bootstrap folded in
+    dones: torch.Tensor  # [T, K]
+    state: tuple  # LSTM (hx, cx) before step 0
+    bootstrap: torch.Tensor  # [K] critic value after the last step
+    values: torch.Tensor | None = None  # [T, K] with graph (textbook mode)
+    logits: torch.Tensor | None = None  # [T, K, A] with graph (textbook mode)
+
+
+def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool) -> Rollout:
+    """Play `steps` steps in every env, sampling actions.
+
+    Fast path: act without autograd and let `A3Clstm.unroll` replay the frames in one batched
+    pass. Textbook path: keep each step's graph, as the classic tool does.
+    """
+    agent.detach_state()
+    device = agent.device
+    k = len(agent.envs)
+    frames = torch.empty((steps, *agent.obs.shape), device=device)
+    starts = torch.empty(steps, k, device=device)
+    actions = torch.empty(steps, k, dtype=torch.long, device=device)
+    rewards = torch.empty(steps, k)
+    dones = torch.empty(steps, k)
+    state = agent.state
+    values, logits = [], []
+    for t in range(steps):
+        frames[t] = agent.obs
+        starts[t] = agent.starts
+        with nullcontext() if textbook else torch.no_grad():
+            actions[t], value, step_logits = agent.act(greedy=False)
+        values.append(value)
+        logits.append(step_logits)
+        result = agent.step(actions[t])
+        for index, frame in result.final_obs.items():
+            result.rewards[index] += gamma * agent.value_of(frame, index)
+        rewards[t] = torch.from_numpy(result.rewards)
+        dones[t] = torch.from_numpy((result.terminated | result.truncated).astype("float32"))
+    with torch.no_grad():
+        bootstrap, _, _ = agent.forward()
+    rollout = Rollout(frames, starts, actions, rewards.to(device), dones.to(device), state, bootstrap)
+    if textbook:
+        rollout.values, rollout.logits = torch.stack(values), torch.stack(logits)
+    return rollout
+
+
+def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config) -> Losses:
+    if rollout.values is None:
+        with torch.autocast(rollout.frames.device.type, torch.bfloat16, enabled=cfg.bf16):
+            values, logits = model.unroll(rollout.frames, rollout.state, rollout.starts)
+        values, logits = values.float(), logits.float()
+    else:
+        values, logits = rollout.values, rollout.logits
+    returns = n_step_returns(rollout.rewards, rollout.dones, rollout.bootstrap, cfg.gamma)
+    advantages = gae(rollout.rewards, values.detach(), rollout.dones, rollout.bootstrap, cfg.gamma, cfg.tau)
+    return a3c_loss(logits, values, rollout.actions, returns, advantages, cfg.entropy_coef, cfg.value_coef)
+
+
+# ---------------------------------------------------------------- the shared model link
+
+
+class SharedLink:
+    """Copies shared weights into the worker's model and the worker's gradients into the shared model.
+
+    Gradients are copied into this worker's own CPU buffers (pinned when the model is on a GPU)
+    and handed to the shared parameters on every update. The classic alias-once pattern breaks on
+    torch >= 2.0, where zero_grad() drops the grad tensors the shared model still points at.
+    """
+
+    def __init__(self, shared: A3Clstm, local: A3Clstm, device: torch.device):
+        self.shared = list(shared.parameters())
+        self.local = list(local.parameters())
+        pin = device.type == "cuda"
+        self.grads = [torch.zeros(p.shape, pin_memory=pin) for p in self.shared]
+
+    def pull(self) -> None:
+        with torch.no_grad():
+            for local, shared in zip(self.local, self.shared):
+                local.copy_(shared)
+
+    def push(self) -> None:
+        for buffer, local, shared in zip(self.grads, self.local, self.shared):
+            buffer.copy_(local.grad)
+            shared.grad = buffer
+
+
+def grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Total gradient norm; clip to `max_norm` when it is positive."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm > 0 and math.isfinite(norm):
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
+    return norm
+
+
+# ---------------------------------------------------------------- the worker process
+
+
+def init_process(title: str, seed: int) -> None:
+    """Per-process setup: a name in ps/top, one intra-op thread, Ctrl-C left to the launcher, a seed."""
+    from setproctitle import setproctitle
+
+    setproctitle(title)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+
+
+def build_model(num_actions: int, cfg: Config, device: torch.device) -> A3Clstm:
+    return A3Clstm(1, num_actions, cfg.hidden_size).to(device)
+
+
+def train_worker(rank: int, cfg: Config, shared_model, optimizer, counters: Counters, stop_event, parent_pid: int):
+    """Process entry: run the worker, logging its rank and the error if it dies."""
+    init_process(f"a3c train {rank}", cfg.seed + rank)
+    logger = setup_logger(f"train{rank}", cfg.log_path("_log"))
+    try:
+        sys.exit(run_worker(rank, cfg, shared_model, optimizer, counters, stop_event, parent_pid, logger))
+    except Exception:
+        logger.exception("worker %d died", rank)
+        sys.exit(1)
+
+
+def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event, parent_pid, logger) -> int:
+    device = cfg.device_for(rank)
+    envs = [
+        make_env(cfg.env, env_config=cfg.env_config, skip_rate=cfg.skip_rate, max_episode_length=cfg.max_episode_length)
+        for _ in range(cfg.envs_per_worker)
+    ]
+    model = build_model(envs[0].action_space.n, cfg, device)
+    if optimizer is None:
+        optimizer = make_optimizer(cfg.optimizer, shared_model.parameters(), cfg.lr, cfg.amsgrad, shared=False)
+    link = SharedLink(shared_model, model, device)
+    agent = Agent(model, envs, device, seed=cfg.seed + rank * cfg.envs_per_worker)
+    steps = cfg.steps_for(rank)
+    frames_per_rollout = round(steps * len(envs) * frames_per_step(envs[0]))
+    bad_in_a_row = 0
+    try:
+        while not stop_event.is_set() and os.getppid() == parent_pid:
+            link.pull()
+            rollout = collect_rollout(agent, steps, cfg.gamma, cfg.textbook)
+            losses = rollout_losses(model, rollout, cfg)
+            model.zero_grad(set_to_none=True)
+            losses.total.backward()
+            if not torch.isfinite(grad_norm(model, cfg.max_grad_norm)):
+                bad_in_a_row += 1
+                counters.add(rank, frames_per_rollout, dropped=1)
+                if bad_in_a_row >= cfg.max_nan_updates:
+                    logger.error("worker %d: %d non-finite updates in a row, stopping", rank, bad_in_a_row)
+                    return EXIT_NAN
+                continue
+            bad_in_a_row = 0
+            link.push()
+            optimizer.step()
+            counters.add(rank, frames_per_rollout, updates=1)
+    finally:
+        agent.close()
+    return 0
+
+
+if __name__ == "__main__":
+    logging.error("train.py is a worker module; start training with python main.py")
+    sys.exit(2)
