@@ -33,17 +33,15 @@ class Agent:
         self.device = device
         k = len(envs)
         first = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
-        self._host = torch.empty(first.shape, dtype=torch.float32, pin_memory=device.type == "cuda")
-        self.obs = torch.empty(first.shape, dtype=torch.float32, device=device)
-        self._upload(first)
+        self.obs = self._upload(first)
         self.state = model.initial_state(k, device)
         self.starts = torch.ones(k, device=device)
         self.episode_reward = np.zeros(k)
         self.episode_length = np.zeros(k, dtype=np.int64)
 
-    def _upload(self, frames: np.ndarray) -> None:
-        self._host.copy_(torch.from_numpy(frames))
-        self.obs.copy_(self._host, non_blocking=True)
+    def _upload(self, frames: np.ndarray) -> torch.Tensor:
+        """A new tensor each step: the textbook path's graph still holds the previous frames."""
+        return torch.from_numpy(frames).to(self.device)
 
     def forward(self):
         """Value, logits and next LSTM state for the current frames; does not change the agent."""
@@ -80,7 +78,7 @@ class Agent:
                 self.episode_length[i] = 0
                 obs, _ = env.reset()
             frames.append(obs)
-        self._upload(np.stack(frames))
+        self.obs = self._upload(np.stack(frames))
         self.starts = torch.from_numpy((terminated | truncated).astype(np.float32)).to(self.device)
         return StepResult(rewards, terminated, truncated, final_obs, finished)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
@@ -160,17 +159,22 @@ class SharedLink:
 
     def push(self) -> None:
         for buffer, local, shared in zip(self.grads, self.local, self.shared):
-            buffer.copy_(local.grad)
-            shared.grad = buffer
+            shared.grad = None if local.grad is None else buffer.copy_(local.grad)
 
 
-def grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """Total gradient norm; clip to `max_norm` when it is positive."""
+def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor, max_grad_norm: float) -> bool:
+    """Backpropagate, clip, hand the gradients to the shared model and step; a non-finite one is dropped."""
+    model.zero_grad(set_to_none=True)
+    loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads)
-    if max_norm > 0 and math.isfinite(norm):
-        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
-    return norm
+    if not torch.isfinite(norm):
+        return False
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_grad_norm, norm)
+    link.push()
+    optimizer.step()
+    return True
 
 
 # ---------------------------------------------------------------- the worker process
@@ -222,19 +226,15 @@ def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event,
             link.pull()
             rollout = collect_rollout(agent, steps, cfg.gamma, cfg.textbook)
             losses = rollout_losses(model, rollout, cfg)
-            model.zero_grad(set_to_none=True)
-            losses.total.backward()
-            if not torch.isfinite(grad_norm(model, cfg.max_grad_norm)):
-                bad_in_a_row += 1
-                counters.add(rank, frames_per_rollout, dropped=1)
-                if bad_in_a_row >= cfg.max_nan_updates:
-                    logger.error("worker %d: %d non-finite updates in a row, stopping", rank, bad_in_a_row)
-                    return EXIT_NAN
+            if apply_update(model, link, optimizer, losses.total, cfg.max_grad_norm):
+                bad_in_a_row = 0
+                counters.add(rank, frames_per_rollout, updates=1)
                 continue
-            bad_in_a_row = 0
-            link.push()
-            optimizer.step()
-            counters.add(rank, frames_per_rollout, updates=1)
+            bad_in_a_row += 1
+            counters.add(rank, frames_per_rollout, dropped=1)
+            if bad_in_a_row >= cfg.max_nan_updates:
+                logger.error("worker %d: %d non-finite updates in a row, stopping", rank, bad_in_a_row)
+                return EXIT_NAN
     finally:
         agent.close()
     return 0

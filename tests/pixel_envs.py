@@ -1,0 +1,60 @@
+"""Small pixel environments of our own, registered for tests through gymnasium's "module:EnvId" syntax.
+
+`python main.py --env tests.pixel_envs:Cue-v0` trains on the cue task with the full pipeline.
+"""
+
+import gymnasium as gym
+import numpy as np
+
+SIZE = 80
+
+
+class CueEnv(gym.Env):
+    """A lit square on the left or the right half; the right action names that side.
+
+    Each episode has `length` steps with +1 for every correct choice, so the optimum is `length`
+    and a uniform policy gets half of it.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, length: int = 20, reward: float = 1.0, render_mode=None):
+        self.length = length
+        self.reward_value = reward
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def _frame(self) -> np.ndarray:
+        frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+        left = 10 + 40 * self.side
+        frame[30:50, left : left + 20] = 255
+        return frame
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.side = int(self.np_random.integers(2))
+        return self._frame(), {}
+
+    def step(self, action):
+        reward = self.reward_value if int(action) == self.side else 0.0
+        self.t += 1
+        self.side = int(self.np_random.integers(2))
+        return self._frame(), reward, self.t >= self.length, False, {}
+
+    def render(self):
+        return self._frame()
+
+
+class ContinuousCueEnv(CueEnv):
+    """The cue task with a continuous action space, which A3C-LSTM here cannot drive."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+
+gym.register("Cue-v0", entry_point=CueEnv)
+gym.register("NanReward-v0", entry_point=CueEnv, kwargs={"reward": float("nan")})
+gym.register("ContinuousCue-v0", entry_point=ContinuousCueEnv)

@@ -1,0 +1,94 @@
+"""The worker's update: gradient hand-off on every update, fast path == textbook path, non-finite drops."""
+
+import torch
+
+from agent import Agent
+from environment import make_env
+from model import A3Clstm
+from train import SharedLink, apply_update, collect_rollout, rollout_losses
+from utils import Config
+
+CPU = torch.device("cpu")
+
+
+def shared_and_local(hidden=32, actions=2):
+    torch.manual_seed(0)
+    shared = A3Clstm(1, actions, hidden).share_memory()
+    local = A3Clstm(1, actions, hidden)
+    return shared, local
+
+
+def test_every_fresh_gradient_reaches_the_shared_parameters():
+    shared, local = shared_and_local()
+    link = SharedLink(shared, local, CPU)
+    optimizer = torch.optim.SGD(shared.parameters(), lr=1.0)
+    x = torch.randn(2, 1, 80, 80)
+    for scale in (1.0, -3.0, 0.5):
+        link.pull()
+        before = [p.detach().clone() for p in shared.parameters()]
+        value, logits, _ = local(x, local.initial_state(2, CPU))
+        loss = scale * (value.sum() + logits.pow(2).sum())
+        assert apply_update(local, link, optimizer, loss, max_grad_norm=0)
+        fresh = [p.grad.clone() for p in local.parameters()]
+        for p, b, g in zip(shared.parameters(), before, fresh):
+            torch.testing.assert_close(p.detach(), b - g)
+
+
+def test_non_finite_update_is_dropped_and_never_reaches_the_shared_model():
+    shared, local = shared_and_local()
+    link = SharedLink(shared, local, CPU)
+    optimizer = torch.optim.SGD(shared.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in shared.parameters()]
+    for bad, max_norm in ((float("nan"), 40), (float("inf"), 0)):
+        value, _, _ = local(torch.randn(1, 1, 80, 80), local.initial_state(1, CPU))
+        assert not apply_update(local, link, optimizer, value.sum() * bad, max_grad_norm=max_norm)
+    for p, b in zip(shared.parameters(), before):
+        assert torch.equal(p, b) and p.grad is None
+
+
+def test_gradient_clipping_caps_the_norm():
+    shared, local = shared_and_local()
+    link = SharedLink(shared, local, CPU)
+    optimizer = torch.optim.SGD(shared.parameters(), lr=1.0)
+    value, _, _ = local(torch.randn(1, 1, 80, 80), local.initial_state(1, CPU))
+    assert apply_update(local, link, optimizer, 1e6 * value.sum(), max_grad_norm=0.5)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in shared.parameters() if p.grad is not None])
+    assert abs(float(norm) - 0.5) < 1e-4
+
+
+def test_batched_replay_gives_the_textbook_gradient():
+    """The fast path replays the rollout in one pass; its gradient equals the per-step autograd one."""
+    cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32)
+    torch.manual_seed(0)
+    model = A3Clstm(1, 2, 32)
+    envs = [make_env(cfg.env, max_episode_length=15) for _ in range(2)]
+    agent = Agent(model, envs, CPU, seed=5)
+    collect_rollout(agent, 6, cfg.gamma, textbook=False)  # start mid-episode with a live LSTM state
+    rollout = collect_rollout(agent, 25, cfg.gamma, textbook=True)  # crosses episode ends
+    assert rollout.dones.sum() >= 2 and rollout.starts.sum() >= 2
+
+    textbook = rollout_losses(model, rollout, cfg)
+    model.zero_grad()
+    textbook.total.backward()
+    textbook_grads = [p.grad.clone() for p in model.parameters()]
+
+    rollout.values = rollout.logits = None
+    fast = rollout_losses(model, rollout, cfg)
+    model.zero_grad()
+    fast.total.backward()
+    torch.testing.assert_close(fast.total, textbook.total, atol=1e-4, rtol=1e-5)
+    for a, b in zip(model.parameters(), textbook_grads):
+        torch.testing.assert_close(a.grad, b, atol=1e-4, rtol=1e-3)
+
+
+def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
+    cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32)
+    torch.manual_seed(0)
+    model = A3Clstm(1, 2, 32)
+    truncating = Agent(model, [make_env(cfg.env, max_episode_length=3, training=False)], CPU, seed=1)
+    rollout = collect_rollout(truncating, 3, cfg.gamma, textbook=False)
+    assert rollout.dones[2, 0] == 1
+    assert rollout.rewards[2, 0] not in (0.0, 1.0), "a time-limit end folds gamma * V(last frame) into the reward"
+    terminating = Agent(model, [make_env(cfg.env, max_episode_length=100, training=False)], CPU, seed=1)
+    rollout = collect_rollout(terminating, 20, cfg.gamma, textbook=False)
+    assert rollout.dones[19, 0] == 1 and rollout.rewards[19, 0] in (0.0, 1.0)
