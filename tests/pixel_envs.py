@@ -47,6 +47,28 @@ class CueEnv(gym.Env):
         return self._frame()
 
 
+class RecallEnv(CueEnv):
+    """The cue is shown only on the first frame; after `delay` blank frames the action must name its side.
+
+    Reward 1 for the right side at the end, so the optimum is 1 and a memoryless policy gets 0.5:
+    only the LSTM can carry the cue across the blank frames.
+    """
+
+    def __init__(self, delay: int = 10, render_mode=None):
+        super().__init__(length=delay + 1, render_mode=render_mode)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.cue = self.side
+        return obs, info
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.length
+        reward = float(int(action) == self.cue) if done else 0.0
+        return np.zeros((SIZE, SIZE, 3), np.uint8), reward, done, False, {}
+
+
 class ContinuousCueEnv(CueEnv):
     """The cue task with a continuous action space, which A3C-LSTM here cannot drive."""
 
@@ -56,5 +78,6 @@ class ContinuousCueEnv(CueEnv):
 
 
 gym.register("Cue-v0", entry_point=CueEnv)
+gym.register("Recall-v0", entry_point=RecallEnv)
 gym.register("NanReward-v0", entry_point=CueEnv, kwargs={"reward": float("nan")})
 gym.register("ContinuousCue-v0", entry_point=ContinuousCueEnv)

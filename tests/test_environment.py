@@ -93,8 +93,19 @@ def test_fire_reset_launches_the_ball():
     assert "FireReset" not in wrappers(E.make_env("MsPacmanNoFrameskip-v4"))
 
 
-@pytest.mark.parametrize("env_id", ["PongNoFrameskip-v4", "Pong-v4", "Pong-v0", "Pong-v0", "ALE/Pong-v5",
-                                    "PongDeterministic-v4", "PongDeterministic-v0", "BreakoutDeterministic-v4"])
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        "PongNoFrameskip-v4",
+        "Pong-v4",
+        "Pong-v0",
+        "Pong-v0",
+        "ALE/Pong-v5",
+        "PongDeterministic-v4",
+        "PongDeterministic-v0",
+        "BreakoutDeterministic-v4",
+    ],
+)
 def test_every_ale_id_builds_and_yields_80x80_float_frames(env_id):
     env = E.make_env(env_id)
     obs, _ = env.reset(seed=0)
@@ -157,12 +168,15 @@ def test_custom_image_env_through_module_syntax():
     assert E.frames_per_step(env) == 1
 
 
-@pytest.mark.parametrize("env_id, words", [
-    ("PongNoFrameskp-v4", "did you mean PongNoFrameskip-v4"),
-    ("CartPole-v1", "not images"),
-    ("tests.pixel_envs:ContinuousCue-v0", "Discrete"),
-    ("nosuchmodule:Foo-v0", "cannot import module"),
-])
+@pytest.mark.parametrize(
+    "env_id, words",
+    [
+        ("PongNoFrameskp-v4", "did you mean PongNoFrameskip-v4"),
+        ("CartPole-v1", "not images"),
+        ("tests.pixel_envs:ContinuousCue-v0", "Discrete"),
+        ("nosuchmodule:Foo-v0", "cannot import module"),
+    ],
+)
 def test_unusable_env_ids_are_usage_errors(env_id, words):
     with pytest.raises(UsageError, match=words):
         E.make_env(env_id)

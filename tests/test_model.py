@@ -8,7 +8,8 @@ from model import A3Clstm
 from utils import load_checkpoint
 
 CLASSIC_KEYS = {
-    f"{layer}.{kind}" for layer in ("conv1", "conv2", "conv3", "conv4", "critic_linear", "actor_linear")
+    f"{layer}.{kind}"
+    for layer in ("conv1", "conv2", "conv3", "conv4", "critic_linear", "actor_linear")
     for kind in ("weight", "bias")
 } | {"lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh"}
 

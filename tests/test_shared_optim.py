@@ -9,11 +9,15 @@ from shared_optim import SharedAdam, SharedRMSprop, make_optimizer
 CASES = [
     (lambda p: SharedAdam(p, lr=1e-3), lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-3)),
     (lambda p: SharedAdam(p, lr=1e-3, amsgrad=True), lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-3, amsgrad=True)),
-    (lambda p: SharedAdam(p, lr=1e-2, weight_decay=0.1),
-     lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-3, weight_decay=0.1)),
+    (
+        lambda p: SharedAdam(p, lr=1e-2, weight_decay=0.1),
+        lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-3, weight_decay=0.1),
+    ),
     (lambda p: SharedRMSprop(p, lr=1e-3), lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.99, eps=0.1)),
-    (lambda p: SharedRMSprop(p, lr=1e-3, momentum=0.9, centered=True),
-     lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.99, eps=0.1, momentum=0.9, centered=True)),
+    (
+        lambda p: SharedRMSprop(p, lr=1e-3, momentum=0.9, centered=True),
+        lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.99, eps=0.1, momentum=0.9, centered=True),
+    ),
 ]
 
 
