@@ -29,6 +29,7 @@ from utils import (
     Counters,
     UsageError,
     check_fits,
+    check_gpus,
     format_duration,
     load_checkpoint,
     save_checkpoint,
@@ -160,18 +161,6 @@ def check_values(cfg: Config) -> None:
     if cfg.progress_interval <= 0:
         raise UsageError(f"--progress-interval must be positive, got {cfg.progress_interval}")
     check_gpus(cfg.gpu_ids)
-
-
-def check_gpus(gpu_ids) -> None:
-    count = torch.cuda.device_count()
-    for gpu in gpu_ids:
-        if gpu >= count or gpu < -1:
-            raise UsageError(
-                f"GPU id {gpu} does not exist (this machine has {count} CUDA device{'s' * (count != 1)}): "
-                f"pass --gpu-ids -1 for the CPU" + (f" or ids 0..{count - 1}" if count else "")
-            )
-    if -1 in gpu_ids and len(gpu_ids) > 1:
-        raise UsageError("--gpu-ids mixes -1 (CPU) with GPU ids: pass either -1 or GPU ids")
 
 
 def check_writable(directory: str, flag: str) -> None:

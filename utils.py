@@ -174,6 +174,18 @@ def check_fits(ckpt: Checkpoint, path: str, num_actions: int, hidden_size: int, 
         )
 
 
+def check_gpus(gpu_ids) -> None:
+    count = torch.cuda.device_count()
+    for gpu in gpu_ids:
+        if gpu >= count or gpu < -1:
+            raise UsageError(
+                f"GPU id {gpu} does not exist (this machine has {count} CUDA device{'s' * (count != 1)}): "
+                f"pass --gpu-ids -1 for the CPU" + (f" or ids 0..{count - 1}" if count else "")
+            )
+    if -1 in gpu_ids and len(gpu_ids) > 1:
+        raise UsageError("--gpu-ids mixes -1 (CPU) with GPU ids: pass either -1 or GPU ids")
+
+
 # ---------------------------------------------------------------- counters
 
 

@@ -1,0 +1,166 @@
+"""gym_eval.py on real checkpoints and games: results, parallel equality, videos, bad input; the plot command."""
+
+import json
+
+import cv2
+import pytest
+import torch
+from PIL import Image
+
+from model import A3Clstm
+from tests.helpers import run_cli
+from utils import load_checkpoint
+
+PONG = "PongNoFrameskip-v4"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint and metrics from a few seconds of real training."""
+    root = tmp_path_factory.mktemp("trained")
+    result = run_cli(
+        "main.py",
+        "--env",
+        PONG,
+        "--workers",
+        1,
+        "--max-steps",
+        800,
+        "--test-interval",
+        0,
+        "--log-dir",
+        root / "logs",
+        "--save-model-dir",
+        root / "models",
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"model": root / "models" / f"{PONG}.dat", "metrics": root / "logs" / f"{PONG}_metrics.csv", "root": root}
+
+
+def evaluate(*args, timeout=300):
+    return run_cli("gym_eval.py", "--env", PONG, *args, timeout=timeout)
+
+
+def test_evaluates_a_trained_checkpoint_and_writes_json(trained, tmp_path):
+    out = tmp_path / "eval.json"
+    result = evaluate("--model", trained["model"], "--num-episodes", 2, "--results", out)
+    assert result.returncode == 0, result.stderr
+    assert "game 2/2: reward" in result.stdout and "2 games: mean" in result.stdout and "median" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["env"] == PONG and data["checkpoint"] == str(trained["model"])
+    assert data["trained_frames"] == load_checkpoint(str(trained["model"])).frames > 0
+    assert [g["seed"] for g in data["games"]] == [1, 2]
+    for game in data["games"]:
+        assert -21 <= game["reward"] <= 21 and game["length"] > 100
+    assert data["summary"]["games"] == 2 and {"mean", "std", "min", "max", "median", "wall_time"} <= set(
+        data["summary"]
+    )
+
+
+def test_parallel_results_equal_serial_ones(trained, tmp_path):
+    common = ["--model", trained["model"], "--num-episodes", 3, "--stochastic", "--seed", 7]
+    serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
+    assert evaluate(*common, "--results", serial).returncode == 0
+    assert evaluate(*common, "--workers", 2, "--results", parallel).returncode == 0
+    strip = lambda path: [(g["seed"], g["reward"], g["length"]) for g in json.loads(path.read_text())["games"]]  # noqa: E731
+    assert strip(serial) == strip(parallel)
+    assert len({length for _, _, length in strip(serial)}) > 1
+
+
+def test_bare_classic_state_dict_evaluates(tmp_path):
+    path = tmp_path / f"{PONG}.dat"
+    torch.save(A3Clstm(1, 6).state_dict(), path)
+    result = evaluate("--load-model-dir", tmp_path, "--num-episodes", 1, "--results", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["trained_frames"] == 0
+
+
+def test_records_mp4_and_gif(trained, tmp_path):
+    videos = tmp_path / "videos"
+    result = evaluate(
+        "--model", trained["model"], "--num-episodes", 1, "--record", videos, "--gif", "--results", tmp_path / "r.json"
+    )
+    assert result.returncode == 0, result.stderr
+    game = json.loads((tmp_path / "r.json").read_text())["games"][0]
+    capture = cv2.VideoCapture(str(videos / f"{PONG}_game0000.mp4"))
+    count = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        assert frame.shape == (210, 160, 3)
+        count += 1
+    assert count == game["length"] + 1
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(15.0)
+    with Image.open(videos / f"{PONG}_game0000.gif") as gif:
+        durations = []
+        for i in range(gif.n_frames):  # identical neighbours are merged into one longer frame
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    assert abs(sum(durations) - (game["length"] + 1) * 1000 / 15) <= 10
+
+
+def test_record_every_n_games(trained, tmp_path):
+    videos = tmp_path / "videos"
+    result = evaluate(
+        "--model",
+        trained["model"],
+        "--num-episodes",
+        3,
+        "--record",
+        videos,
+        "--record-every",
+        2,
+        "--results",
+        tmp_path / "r.json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in videos.iterdir()) == [f"{PONG}_game0000.mp4", f"{PONG}_game0002.mp4"]
+
+
+def bad_input_cases(trained, tmp_path):
+    corrupt = tmp_path / "corrupt.dat"
+    corrupt.write_bytes(b"\x00not a checkpoint" * 100)
+    truncated = tmp_path / "truncated.dat"
+    truncated.write_bytes(trained["model"].read_bytes()[:5000])
+    return [
+        (["--model", tmp_path / "missing.dat"], "no checkpoint at"),
+        (["--load-model-dir", tmp_path / "empty"], "no checkpoint at"),
+        (["--model", trained["model"], "--env", "BreakoutNoFrameskip-v4"], "trained for 6 actions"),
+        (["--model", trained["model"], "--hidden-size", 256], "hidden size 512"),
+        (["--model", corrupt], "corrupt or truncated"),
+        (["--model", truncated], "corrupt or truncated"),
+        (["--model", trained["model"], "--env", "PongNoFrameskip-v9"], "unknown env id"),
+        (["--model", trained["model"], "--num-episodes", 0], "--num-episodes must be at least 1"),
+        (["--model", trained["model"], "--gpu-id", 7], "GPU id 7 does not exist"),
+    ]
+
+
+def test_bad_input_is_one_clear_line(trained, tmp_path):
+    for args, words in bad_input_cases(trained, tmp_path):
+        result = evaluate(*args, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (args, result.stderr)
+
+
+def test_render_without_display_says_so(trained, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    result = evaluate("--model", trained["model"], "--render", timeout=60)
+    assert result.returncode == 2 and "needs a display" in result.stderr
+
+
+def test_training_draws_curves_and_plot_command_overlays_runs(trained, tmp_path):
+    assert (trained["root"] / "logs" / f"{PONG}.png").stat().st_size > 10_000
+    second = tmp_path / "other_metrics.csv"
+    second.write_text(trained["metrics"].read_text())
+    out = tmp_path / "compare.png"
+    result = run_cli("utils.py", "plot", trained["metrics"], second, "-o", out)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 800
+    missing = run_cli("utils.py", "plot", tmp_path / "nope.csv")
+    assert missing.returncode == 2 and "no metrics file" in missing.stderr
