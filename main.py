@@ -27,6 +27,8 @@ from utils import (
     Checkpoint,
     Config,
     Counters,
+    StopFlag,
+    TestResults,
     UsageError,
     check_fits,
     check_gpus,
@@ -37,6 +39,7 @@ from utils import (
 )
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CHILD_IGNORED = (signal.SIGINT, signal.SIGHUP)
 EXIT_FAILED = 1
 
 
@@ -48,8 +51,15 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line, like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="A3C-LSTM / A3G training on Atari (gymnasium + ale-py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -193,13 +203,15 @@ def prepare(cfg: Config) -> tuple[int, Checkpoint | None]:
 
 
 @contextmanager
-def signals_blocked():
-    """Children start with stop signals blocked: Ctrl-C during start-up waits for the launcher, not a traceback."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+def children_ignore_interrupts():
+    """Start children with SIGINT and SIGHUP ignored (an ignored signal stays ignored across exec, and
+    Python keeps it so): a Ctrl-C during their start-up reaches only the launcher, which stops them."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in CHILD_IGNORED}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Launcher:
@@ -218,8 +230,9 @@ class Launcher:
         if ckpt is not None:
             self.restore(ckpt)
         self.model.share_memory()
-        self.stop_event = self.ctx.Event()
-        self.results = self.ctx.Queue()
+        self.stop_event = StopFlag()
+        self.results = TestResults()
+        self.results_seen = 0
         self.processes: dict[str, mp.Process] = {}
         self.restarts: dict[str, int] = {}
         self.stop_reason: str | None = None
@@ -264,7 +277,7 @@ class Launcher:
                 (rank, self.cfg, self.model, self.optimizer, self.counters, self.stop_event, parent),
             )
         process = self.ctx.Process(target=target, args=args, name=name, daemon=True)
-        with signals_blocked():
+        with children_ignore_interrupts():
             process.start()
         self.processes[name] = process
 
@@ -302,11 +315,8 @@ class Launcher:
         return self.exit_code
 
     def drain_results(self) -> None:
-        while not self.results.empty():
-            try:
-                reward, _length, _frames = self.results.get_nowait()
-            except Exception:
-                return
+        new, self.results_seen = self.results.since(self.results_seen)
+        for reward, _length in new:
             self.last_test = reward
             self.best_score = reward if self.best_score is None else max(self.best_score, reward)
             self.test_rewards.append(reward)
@@ -402,7 +412,21 @@ class Launcher:
         self.logger.info("saved %s", path)
 
 
+def keep_previous_checkpoint(cfg: Config, logger) -> None:
+    """A fresh run never overwrites an earlier run's checkpoint: move it aside, stamped with its time."""
+    for suffix in ("", "_last"):
+        path = cfg.checkpoint_path(suffix=suffix)
+        if os.path.exists(path):
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+            kept = cfg.checkpoint_path(suffix=f"{suffix}.{stamp}")
+            os.replace(path, kept)
+            logger.info("kept the previous run's checkpoint as %s (use --load to continue a run)", kept)
+
+
 def main(argv: list[str] | None = None) -> int:
+    early_signals: list[str] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, _frame: early_signals.append(signal.Signals(signum).name))
     try:
         cfg = parse_config(argv)
         num_actions, ckpt = prepare(cfg)
@@ -410,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logger = setup_logger("main", cfg.log_path("_log"))
+    if not cfg.load:
+        keep_previous_checkpoint(cfg, logger)
     cores = os.cpu_count() or 1
     if cfg.workers > cores:
         logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
@@ -422,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.log_dir,
         cfg.save_model_dir,
     )
-    return Launcher(cfg, num_actions, ckpt, logger).run()
+    launcher = Launcher(cfg, num_actions, ckpt, logger)
+    if early_signals:
+        launcher.request_stop(f"{early_signals[0]} received during start-up")
+    return launcher.run()
 
 
 if __name__ == "__main__":

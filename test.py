@@ -62,10 +62,10 @@ def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, paren
     def should_stop():
         return stop_event.is_set() or os.getppid() != parent_pid
 
+    frames_before, time_before = counters.frames, start
     try:
         while not should_stop():
             link.pull()
-            frames_before, time_before = counters.frames, time.time()
             game = play_game(agent, greedy=True, should_stop=should_stop)
             if game is None:
                 break
@@ -74,6 +74,7 @@ def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, paren
             elapsed = time.time() - start
             frames = counters.frames
             fps = (frames - frames_before) / max(time.time() - time_before, 1e-9)
+            frames_before, time_before = frames, time.time()
             mean = sum(rewards[-cfg.target_window :]) / len(rewards[-cfg.target_window :])
             logger.info(
                 "Time %s, episode reward %g, episode length %d, reward mean %.4f, frames %d, frames/s %.0f",
@@ -101,7 +102,7 @@ def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, paren
             if not cfg.save_max or reward >= best:
                 save_model(cfg, model, optimizer, counters, max(best, reward), logger)
             best = max(best, reward)
-            results.put((reward, length, frames))
+            results.put(reward, length)
             stop_event.wait(cfg.test_interval)
     finally:
         agent.close()

@@ -181,13 +181,12 @@ def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor
 
 
 def init_process(title: str, seed: int) -> None:
-    """Per-process setup: a name in ps/top, one intra-op thread, Ctrl-C left to the launcher, a seed."""
+    """Per-process setup: a name in ps/top, one intra-op thread, Ctrl-C and hang-up left to the launcher, a seed."""
     from setproctitle import setproctitle
 
     setproctitle(title)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     torch.set_num_threads(1)
     torch.manual_seed(seed)
 

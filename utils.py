@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
-import math
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pickle import UnpicklingError
@@ -69,7 +70,6 @@ class Config:
     max_restarts: int = 3
     max_nan_updates: int = 100
     tensorboard_logger: bool = False
-    extra: dict = field(default_factory=dict)
 
     def device_for(self, rank: int) -> torch.device:
         """Worker `rank`'s device: gpu_ids[rank % len] (A3G), or the CPU for -1."""
@@ -121,10 +121,12 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
     """Write atomically (temp file, fsync, rename): a failed or interrupted save leaves the old file intact."""
     directory = os.path.dirname(os.path.abspath(path))
     payload = {"format": CHECKPOINT_FORMAT, **asdict(ckpt)}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # serialise first: a failing disk then raises a plain OSError below
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dat", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -213,6 +215,49 @@ class Counters:
     @property
     def dropped(self) -> int:
         return int(self.table[2].sum())
+
+
+class StopFlag:
+    """A stop event in shared memory, lock-free: a process killed with -9 can never leave it locked
+    (multiprocessing.Event holds a lock inside is_set(), and a worker killed there would hang the run)."""
+
+    def __init__(self):
+        self.flag = torch.zeros(1, dtype=torch.uint8).share_memory_()
+
+    def set(self) -> None:
+        self.flag[0] = 1
+
+    def is_set(self) -> bool:
+        return bool(self.flag[0])
+
+    def wait(self, timeout: float, poll: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < deadline:
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        return self.is_set()
+
+
+class TestResults:
+    """Test-game results passed from the test process to the launcher through a shared ring buffer.
+
+    Lock-free for the same reason as StopFlag: the test process may be killed at any instant.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self.rows = torch.zeros(capacity, 2, dtype=torch.float64).share_memory_()
+        self.count = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def put(self, reward: float, length: int) -> None:
+        n = int(self.count[0])
+        self.rows[n % len(self.rows)] = torch.tensor([reward, length], dtype=torch.float64)
+        self.count[0] = n + 1
+
+    def since(self, seen: int) -> tuple[list[tuple[float, int]], int]:
+        """Results after the first `seen` ones (at most the buffer's capacity), and the new total."""
+        n = int(self.count[0])
+        start = max(seen, n - len(self.rows))
+        rows = [self.rows[i % len(self.rows)].tolist() for i in range(start, n)]
+        return [(reward, int(length)) for reward, length in rows], n
 
 
 # ---------------------------------------------------------------- logs and metrics
@@ -306,10 +351,6 @@ def plot_metrics(paths: list[str], out_png: str, title: str, window: int = 10) -
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def finite_mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:

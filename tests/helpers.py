@@ -60,3 +60,16 @@ def wait_for(predicate, timeout, interval=0.2):
             return True
         time.sleep(interval)
     return False
+
+
+def title_of(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def find_titled(root_pid, title):
+    """PIDs below `root_pid` whose process title (set with setproctitle) is `title`."""
+    return [pid for pid in descendants(root_pid) if title_of(pid) == title and alive(pid)]

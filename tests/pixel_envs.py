@@ -69,6 +69,14 @@ class RecallEnv(CueEnv):
         return np.zeros((SIZE, SIZE, 3), np.uint8), reward, done, False, {}
 
 
+class BadFrameEnv(CueEnv):
+    """The cue task, but after a few steps a frame that is not an image arrives: a process that crashes."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return (None if self.t > 3 else obs), reward, terminated, truncated, info
+
+
 class ContinuousCueEnv(CueEnv):
     """The cue task with a continuous action space, which A3C-LSTM here cannot drive."""
 
@@ -79,5 +87,6 @@ class ContinuousCueEnv(CueEnv):
 
 gym.register("Cue-v0", entry_point=CueEnv)
 gym.register("Recall-v0", entry_point=RecallEnv)
+gym.register("BadFrame-v0", entry_point=BadFrameEnv)
 gym.register("NanReward-v0", entry_point=CueEnv, kwargs={"reward": float("nan")})
 gym.register("ContinuousCue-v0", entry_point=ContinuousCueEnv)

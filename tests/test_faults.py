@@ -1,0 +1,231 @@
+"""Faults, signals and bad input, driving the real main.py: kill -9 of real processes, real signals."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, alive, descendants, find_titled, run_cli, start_cli, wait_for
+from utils import Checkpoint, load_checkpoint, save_checkpoint
+
+CUE = "tests.pixel_envs:Cue-v0"
+
+
+def log_of(run_dirs, env=CUE):
+    path = run_dirs["logs"] / f"{env.replace(':', '_')}_log"
+    return path.read_text() if path.exists() else ""
+
+
+def has_trained(run_dirs, env=CUE):
+    return re.search(r"updates [1-9]", log_of(run_dirs, env)) is not None
+
+
+def launch(run_dirs, *args, env=CUE):
+    return start_cli(
+        "main.py",
+        "--env",
+        env,
+        "--workers",
+        2,
+        "--progress-interval",
+        1,
+        "--test-interval",
+        1,
+        *run_dirs["flags"],
+        *args,
+    )
+
+
+def finish(proc, signum=signal.SIGINT, timeout=30):
+    """Send `signum` to the whole process group, as a terminal's Ctrl-C does; return (exit code, output)."""
+    children = descendants(proc.pid)
+    if signum is not None:
+        os.killpg(proc.pid, signum)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert wait_for(lambda: not any(alive(pid) for pid in children), 5), "processes left behind"
+    return proc.returncode, out
+
+
+def checkpoint(run_dirs, env=CUE):
+    return load_checkpoint(str(run_dirs["models"] / f"{env.replace(':', '_')}.dat"))
+
+
+@pytest.mark.parametrize("title, name", [("a3c train 1", "train1"), ("a3c test", "test")])
+def test_killed_process_is_restarted(run_dirs, title, name):
+    proc = launch(run_dirs)
+    assert wait_for(lambda: find_titled(proc.pid, title) and has_trained(run_dirs), 60)
+    os.kill(find_titled(proc.pid, title)[0], signal.SIGKILL)
+    assert wait_for(lambda: f"{name} died (killed by SIGKILL); restart 1 of 3" in log_of(run_dirs), 10)
+    assert wait_for(lambda: len(find_titled(proc.pid, title)) == 1, 30), "no replacement started"
+    assert wait_for(lambda: "Time 00h" in log_of(run_dirs), 30)
+    code, out = finish(proc)
+    assert code == 0, out
+    assert checkpoint(run_dirs).updates > 0
+
+
+def test_past_max_restarts_the_run_stops_cleanly_with_a_checkpoint(run_dirs):
+    proc = launch(run_dirs, "--max-restarts", 0)
+    assert wait_for(lambda: find_titled(proc.pid, "a3c train 0") and has_trained(run_dirs), 60)
+    os.kill(find_titled(proc.pid, "a3c train 0")[0], signal.SIGKILL)
+    code, out = finish(proc, signum=None)
+    assert code == 1, out
+    assert "train0 died (killed by SIGKILL) more than --max-restarts 0 times" in out
+    assert "saved" in out and checkpoint(run_dirs).frames > 0
+
+
+def test_worker_exception_is_logged_with_rank_and_restarted(run_dirs):
+    # A frame that the model cannot take: the real worker raises inside its loop.
+    proc = launch(run_dirs, "--max-restarts", 1, "--env-config", "config.json", env="tests.pixel_envs:BadFrame-v0")
+    code, out = finish(proc, signum=None, timeout=90)
+    assert code == 1, out
+    assert "worker 0 died" in out and "Traceback" in log_of(run_dirs, "tests.pixel_envs:BadFrame-v0")
+    assert "restart 1 of 1" in out and "more than --max-restarts 1 times" in out
+
+
+def test_persistent_nan_stops_the_run_and_keeps_a_finite_checkpoint(run_dirs):
+    proc = launch(run_dirs, "--max-nan-updates", 20, env="tests.pixel_envs:NanReward-v0")
+    code, out = finish(proc, signum=None, timeout=120)
+    assert code == 1, out
+    assert "20 non-finite updates in a row" in out and "dropped updates" in out
+    ckpt = checkpoint(run_dirs, "tests.pixel_envs:NanReward-v0")
+    assert ckpt.updates == 0 and all(torch.isfinite(v).all() for v in ckpt.model.values())
+
+
+def test_failed_save_is_reported_and_the_run_goes_on(run_dirs):
+    proc = launch(run_dirs)
+    models = run_dirs["models"]
+    assert wait_for(lambda: (models / "tests.pixel_envs_Cue-v0.dat").exists(), 60)
+    for path in models.iterdir():
+        path.unlink()
+    models.rmdir()
+    models.write_text("a file where the directory was")
+    assert wait_for(lambda: "could not save" in log_of(run_dirs), 30)
+    assert "the previous checkpoint is intact" in log_of(run_dirs)
+    lines = log_of(run_dirs).count("Time 00h")
+    assert wait_for(lambda: log_of(run_dirs).count("Time 00h") > lines + 1, 30), "training stopped"
+    code, out = finish(proc)
+    assert code == 1 and "could not save" in out
+
+
+def test_interrupted_save_leaves_the_last_good_checkpoint(tmp_path):
+    """A real ENOSPC-like failure: a file-size limit makes the write fail half way through."""
+    path = tmp_path / "model.dat"
+    good = Checkpoint(model=_weights(2, 8), frames=7)
+    save_checkpoint(str(path), good)
+    before = path.read_bytes()
+    script = (
+        "import resource, signal, sys, torch\n"
+        "from utils import Checkpoint, save_checkpoint\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "try:\n"
+        f"    save_checkpoint({str(path)!r}, Checkpoint(model={{'conv1.weight': torch.zeros(1_000_000)}}))\n"
+        "except OSError as e:\n"
+        "    print('failed', e.errno)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("failed"), result.stdout + result.stderr
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.dat"], "no temp file left behind"
+    assert load_checkpoint(str(path)).frames == 7
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGINT, signal.SIGINT], [signal.SIGHUP], [signal.SIGTERM]])
+def test_stop_signals_and_ctrl_c_twice(run_dirs, signals):
+    proc = launch(run_dirs)
+    assert wait_for(lambda: has_trained(run_dirs), 60)
+    for signum in signals[:-1]:
+        os.killpg(proc.pid, signum)
+        time.sleep(0.3)
+    code, out = finish(proc, signals[-1])
+    assert code == 0, out
+    assert "Traceback" not in out and "saved" in out
+    assert checkpoint(run_dirs).frames > 0
+
+
+def test_ctrl_c_during_start_up(run_dirs):
+    proc = launch(run_dirs)
+    assert wait_for(lambda: "training tests.pixel_envs:Cue-v0" in log_of(run_dirs), 30)
+    code, out = finish(proc, signal.SIGINT)
+    assert code == 0, out
+    assert "Traceback" not in out and "saved" in out
+    checkpoint(run_dirs)
+
+
+def test_fresh_run_keeps_an_earlier_checkpoint(run_dirs):
+    common = ["--env", CUE, "--workers", 1, "--max-steps", 200, *run_dirs["flags"]]
+    assert run_cli("main.py", *common).returncode == 0
+    first = (run_dirs["models"] / "tests.pixel_envs_Cue-v0.dat").read_bytes()
+    assert run_cli("main.py", *common).returncode == 0
+    kept = [p for p in run_dirs["models"].iterdir() if p.name.startswith("tests.pixel_envs_Cue-v0.2")]
+    assert len(kept) == 1 and kept[0].read_bytes() == first
+
+
+def bad_config(tmp_path, text):
+    path = tmp_path / f"config{len(list(tmp_path.glob('config*.json')))}.json"
+    path.write_text(text)
+    return path
+
+
+def main_bad_inputs(tmp_path, models):
+    corrupt = models / "corrupt" / "PongNoFrameskip-v4.dat"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(os.urandom(3000))
+    pong_model = models / "pong"
+    pong_model.mkdir()
+    save_checkpoint(str(pong_model / "BreakoutNoFrameskip-v4.dat"), Checkpoint(model=_weights(6, 512)))
+    save_checkpoint(str(pong_model / "PongNoFrameskip-v4.dat"), Checkpoint(model=_weights(6, 256)))
+    truncated = models / "truncated" / "PongNoFrameskip-v4.dat"
+    truncated.parent.mkdir()
+    truncated.write_bytes((pong_model / "PongNoFrameskip-v4.dat").read_bytes()[:20000])
+    file_not_dir = tmp_path / "plainfile"
+    file_not_dir.write_text("x")
+    return [
+        (["--env", "PongNoFrameskp-v4"], "did you mean PongNoFrameskip-v4"),
+        (["--env", "CartPole-v1"], "not images"),
+        (["--env", "tests.pixel_envs:ContinuousCue-v0"], "Discrete action space"),
+        (["--env-config", tmp_path / "none.json"], "not found"),
+        (["--env-config", bad_config(tmp_path, "{not json")], "not valid JSON"),
+        (["--env-config", bad_config(tmp_path, json.dumps({"Default": {"crop1": 1}}))], "lacks crop2, dimension2"),
+        (["--workers", 0], "--workers must be at least 1"),
+        (["--num-steps", 0], "--num-steps must be at least 1"),
+        (["--lr", 0], "--lr must be a positive number"),
+        (["--gamma", 1.5], "--gamma must lie in (0, 1]"),
+        (["--optimizer", "SGD"], "invalid choice: 'SGD'"),
+        (["--gpu-ids", 3], "GPU id 3 does not exist"),
+        (["--load", "--load-model-dir", models / "empty"], "no checkpoint at"),
+        (["--load", "--env", "BreakoutNoFrameskip-v4", "--load-model-dir", pong_model], "trained for 6 actions"),
+        (["--load", "--load-model-dir", pong_model], "hidden size 256"),
+        (["--load", "--load-model-dir", corrupt.parent], "corrupt or truncated"),
+        (["--load", "--load-model-dir", truncated.parent], "corrupt or truncated"),
+        (["--save-model-dir", file_not_dir / "models"], "not writable"),
+    ]
+
+
+def _weights(actions, hidden):
+    from model import A3Clstm
+
+    return A3Clstm(1, actions, hidden).state_dict()
+
+
+def test_bad_input_is_one_line_exit_2_and_nothing_starts(tmp_path):
+    logs = tmp_path / "logs"
+    for args, words in main_bad_inputs(tmp_path, tmp_path / "models"):
+        started = time.time()
+        result = run_cli("main.py", *args, "--log-dir", logs, timeout=60)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert not any(logs.glob("*_log")), "a run started"
+        assert time.time() - started < 30
