@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="Adam", choices=["Adam", "RMSprop"], help="shared optimizer")
     p.add_argument("--amsgrad", default=False, help="use the AMSGrad variant of Adam", **flag)
     p.add_argument("--shared-optimizer", default=True, help="share optimizer statistics between workers", **flag)
-    p.add_argument("--load", default=False, help="resume from <load-model-dir>/<env>.dat", **flag)
+    p.add_argument(
+        "--load", default=False, help="resume from <load-model-dir>/<env>.dat (or the newer _last.dat)", **flag
+    )
     p.add_argument(
         "--save-max",
         default=False,
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-step autograd forward as the classic tool does (the baseline bench.py compares with)",
         **flag,
     )
+    p.add_argument("--channels-last", default=True, help="channels-last memory layout for the convolutions", **flag)
     p.add_argument("--bf16", default=False, help="bfloat16 autocast for the rollout replay", **flag)
     p.add_argument("--test-interval", type=float, default=5.0, help="seconds the test process waits between games")
     p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
@@ -196,10 +199,17 @@ def prepare(cfg: Config) -> tuple[int, Checkpoint | None]:
             raise UsageError("--tensorboard-logger needs the tensorboard package: pip install tensorboard") from None
     ckpt = None
     if cfg.load:
-        path = cfg.checkpoint_path(cfg.load_model_dir)
+        path = resume_path(cfg)
         ckpt = load_checkpoint(path)
         check_fits(ckpt, path, num_actions, cfg.hidden_size, cfg.env)
     return num_actions, ckpt
+
+
+def resume_path(cfg: Config) -> str:
+    """The newer of <env>.dat and <env>_last.dat (--save-max writes the final state to the latter)."""
+    paths = [cfg.checkpoint_path(cfg.load_model_dir, suffix) for suffix in ("", "_last")]
+    existing = [p for p in paths if os.path.exists(p)]
+    return max(existing, key=os.path.getmtime) if existing else paths[0]
 
 
 @contextmanager

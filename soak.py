@@ -67,10 +67,23 @@ def main() -> int:
     out = args.out or tempfile.mkdtemp(prefix="soak-")
     logs, models = os.path.join(out, "logs"), os.path.join(out, "models")
     log_path = os.path.join(logs, f"{safe_name(args.env)}_log")
-    cmd = [sys.executable, "main.py", "--env", args.env, "--workers", str(args.workers), "--max-restarts", "100000",
-           "--progress-interval", "5", "--log-dir", logs, "--save-model-dir", models]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--env",
+        args.env,
+        "--workers",
+        str(args.workers),
+        "--max-restarts",
+        "100000",
+        "--progress-interval",
+        "5",
+        "--log-dir",
+        logs,
+        "--save-model-dir",
+        models,
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     print(f"soak: {' '.join(cmd)}\nsoak: output in {out}", flush=True)
     start = time.time()
     memory: dict[int, list[tuple[float, float]]] = {}
@@ -109,9 +122,23 @@ def main() -> int:
     orphans = [pid for pid in running_before_stop if alive(pid)]
     ckpt_path = os.path.join(models, f"{safe_name(args.env)}.dat")
     ckpt = load_checkpoint(ckpt_path)
-    evaluation = subprocess.run([sys.executable, "gym_eval.py", "--env", args.env, "--model", ckpt_path,
-                                 "--num-episodes", "1", "--results", os.path.join(out, "eval.json")],
-                                cwd=ROOT, capture_output=True, text=True)
+    evaluation = subprocess.run(
+        [
+            sys.executable,
+            "gym_eval.py",
+            "--env",
+            args.env,
+            "--model",
+            ckpt_path,
+            "--num-episodes",
+            "1",
+            "--results",
+            os.path.join(out, "eval.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     minute_gains = []
     for t0 in range(0, int(frames_series[-1][0]) - 60, 60) if frames_series else []:
         window = [f for t, f in frames_series if t0 <= t <= t0 + 60]
@@ -124,13 +151,20 @@ def main() -> int:
         if len(steady) >= 6:
             by_role.setdefault(role, []).append(slope_per_hour(steady))
     report = {
-        "minutes": round((time.time() - start) / 60, 1), "env": args.env, "workers": args.workers,
-        "exit_code": code, "kills": len(kills), "processes_seen": len(seen), "orphans": orphans,
-        "frames_final": ckpt.frames, "frames_increased_every_minute": all(g > 0 for g in minute_gains),
+        "minutes": round((time.time() - start) / 60, 1),
+        "env": args.env,
+        "workers": args.workers,
+        "exit_code": code,
+        "kills": len(kills),
+        "processes_seen": len(seen),
+        "orphans": orphans,
+        "frames_final": ckpt.frames,
+        "frames_increased_every_minute": all(g > 0 for g in minute_gains),
         "min_frames_per_minute": min(minute_gains) if minute_gains else None,
         "rss_mb_final": {titles[pid]: round(s[-1][1]) for pid, s in memory.items() if alive(pid) or pid == proc.pid},
         "rss_slope_mb_per_hour": {role: round(max(v, key=abs), 2) for role, v in by_role.items()},
-        "checkpoint_loads": True, "eval_exit_code": evaluation.returncode,
+        "checkpoint_loads": True,
+        "eval_exit_code": evaluation.returncode,
         "eval_summary": evaluation.stdout.strip().splitlines()[-2:] if evaluation.stdout else evaluation.stderr,
     }
     with open(os.path.join(out, "soak.json"), "w") as f:

@@ -19,6 +19,7 @@ from utils import (
     plot_metrics,
     save_checkpoint,
     setup_logger,
+    tensorboard_writer,
 )
 
 
@@ -34,6 +35,7 @@ def test_process(
 ):
     """Process entry; logs the error before dying so the launcher's restart has a reason on record."""
     init_process("a3c test", cfg.seed + cfg.workers)
+    os.nice(5)  # the workers come first: on a machine with workers = cores the test games yield to them
     logger = setup_logger("test", cfg.log_path("_log"))
     try:
         run_tests(cfg, shared_model, optimizer, counters, results, stop_event, parent_pid, best_score, logger)
@@ -126,14 +128,6 @@ def save_model(cfg: Config, model, optimizer, counters: Counters, best: float, l
         save_checkpoint(path, ckpt)
     except OSError as e:
         logger.error("could not save %s (%s); the previous checkpoint is intact", path, e)
-
-
-def tensorboard_writer(cfg: Config):
-    if not cfg.tensorboard_logger:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(os.path.join(cfg.log_dir, "tensorboard", os.path.basename(cfg.log_path(""))))
 
 
 if __name__ == "__main__":

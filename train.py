@@ -17,7 +17,7 @@ from agent import Agent
 from environment import frames_per_step, make_env
 from model import A3Clstm
 from shared_optim import make_optimizer
-from utils import Config, Counters, setup_logger
+from utils import Config, Counters, setup_logger, tensorboard_writer
 
 EXIT_NAN = 3
 
@@ -188,11 +188,14 @@ def init_process(title: str, seed: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
     torch.manual_seed(seed)
 
 
 def build_model(num_actions: int, cfg: Config, device: torch.device) -> A3Clstm:
-    return A3Clstm(1, num_actions, cfg.hidden_size).to(device)
+    """A process-local model; channels-last makes the convolutions markedly faster on CPUs (same numbers)."""
+    model = A3Clstm(1, num_actions, cfg.hidden_size).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def train_worker(rank: int, cfg: Config, shared_model, optimizer, counters: Counters, stop_event, parent_pid: int):
@@ -220,6 +223,7 @@ def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event,
     steps = cfg.steps_for(rank)
     frames_per_rollout = round(steps * len(envs) * frames_per_step(envs[0]))
     bad_in_a_row = 0
+    writer = tensorboard_writer(cfg) if rank == 0 else None
     try:
         while not stop_event.is_set() and os.getppid() == parent_pid:
             link.pull()
@@ -228,6 +232,9 @@ def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event,
             if apply_update(model, link, optimizer, losses.total, cfg.max_grad_norm):
                 bad_in_a_row = 0
                 counters.add(rank, frames_per_rollout, updates=1)
+                if writer is not None and int(counters.table[1, rank]) % 10 == 0:
+                    for name, value in losses._asdict().items():
+                        writer.add_scalar(f"train/{name}", float(value), counters.frames)
                 continue
             bad_in_a_row += 1
             counters.add(rank, frames_per_rollout, dropped=1)
@@ -236,6 +243,8 @@ def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event,
                 return EXIT_NAN
     finally:
         agent.close()
+        if writer is not None:
+            writer.close()
     return 0
 
 

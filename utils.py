@@ -60,6 +60,7 @@ class Config:
     gpu_ids: tuple[int, ...] = (-1,)
     envs_per_worker: int = 1
     textbook: bool = False
+    channels_last: bool = True
     bf16: bool = False
     test_interval: float = 5.0
     progress_interval: float = 10.0
@@ -261,6 +262,14 @@ class TestResults:
 
 
 # ---------------------------------------------------------------- logs and metrics
+
+
+def tensorboard_writer(cfg: Config):
+    if not cfg.tensorboard_logger:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(cfg.log_dir, "tensorboard", os.path.basename(cfg.log_path(""))))
 
 
 def setup_logger(name: str, path: str | None = None) -> logging.Logger:

@@ -83,3 +83,42 @@ def test_pipeline_learns_a_memory_task(run_dirs):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reached --target-score 0.95" in result.stdout, result.stdout[-2000:]
+
+
+def test_other_flags_run_end_to_end(run_dirs):
+    """Batched envs, per-rank rollout lengths, RMSprop, private optimizers, clipping, --save-max, textbook."""
+    for extra in (
+        [
+            "--envs-per-worker",
+            2,
+            "--distributed-step-size",
+            5,
+            10,
+            "--optimizer",
+            "RMSprop",
+            "--shared-optimizer",
+            "False",
+            "--max-grad-norm",
+            40,
+            "--save-max",
+            "--max-steps",
+            1500,
+        ],
+        ["--textbook", "--channels-last", "False", "--load", "--save-max", "--max-steps", 3000],
+    ):
+        result = run_cli(
+            "main.py",
+            "--env",
+            "tests.pixel_envs:Cue-v0",
+            "--workers",
+            2,
+            "--test-interval",
+            0,
+            *run_dirs["flags"],
+            *extra,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    last = load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0_last.dat"))
+    best = load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0.dat"))
+    assert last.frames >= 3000 and last.args["textbook"] and best.best_score is not None
