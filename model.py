@@ -61,18 +61,69 @@ class A3Clstm(nn.Module):
         return self.critic_linear(hx).squeeze(1), self.actor_linear(hx), (hx, cx)
 
     def unroll(self, frames, state, starts):
-        """Replay a rollout in one pass: convolutions batched over all T*K frames, the LSTM step by step.
+        """Replay a rollout in one pass: convolutions and the LSTM's input projection batched over all
+        T*K frames, the recurrence step by step (see LSTMSequence).
 
         frames [T, K, C, H, W], starts [T, K] (1.0 where a new episode begins: the hidden state is
         zeroed there, exactly as the acting loop zeroes it) -> values [T, K], logits [T, K, A].
         """
         steps, batch = frames.shape[:2]
         features = self.features(frames.flatten(0, 1)).view(steps, batch, -1)
-        hx, cx = state
-        hiddens = []
-        for t in range(steps):
-            keep = (1.0 - starts[t]).unsqueeze(1)
-            hx, cx = self.lstm(features[t], (hx * keep, cx * keep))
-            hiddens.append(hx)
-        hidden = torch.stack(hiddens)
+        lstm = self.lstm
+        projected = F.linear(features, lstm.weight_ih, lstm.bias_ih + lstm.bias_hh)
+        keep = (1.0 - starts).unsqueeze(2)
+        with torch.autocast(frames.device.type, enabled=False):  # the recurrence stays in fp32 under --bf16
+            hidden = LSTMSequence.apply(projected.float(), state[0], state[1], keep, lstm.weight_hh)
         return self.critic_linear(hidden).squeeze(2), self.actor_linear(hidden)
+
+
+class LSTMSequence(torch.autograd.Function):
+    """nn.LSTMCell's recurrence over T steps, with the state multiplied by `keep` before each step.
+
+    Autograd through a Python loop of LSTMCells computes the weight gradient as T rank-K products and
+    adds them one by one; this backward collects the gate gradients of all steps and computes it with
+    one matrix product, as cuDNN does. Inputs: projected [T, K, 4H] (x W_ih^T + b_ih + b_hh), h0, c0
+    [K, H], keep [T, K, 1], weight_hh [4H, H]. Output: hidden states [T, K, H].
+    """
+
+    @staticmethod
+    def forward(ctx, projected, h0, c0, keep, weight_hh):
+        h, c = h0, c0
+        h_in, c_in, gates_all, tanh_c, hidden = [], [], [], [], []
+        for t in range(projected.shape[0]):
+            h, c = h * keep[t], c * keep[t]
+            gates = torch.addmm(projected[t], h, weight_hh.t())
+            i, f, g, o = gates.chunk(4, 1)
+            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            h_in.append(h)
+            c_in.append(c)
+            c = f * c + i * g
+            tc = c.tanh()
+            h = o * tc
+            gates_all.append(torch.cat((i, f, g, o), 1))
+            tanh_c.append(tc)
+            hidden.append(h)
+        ctx.save_for_backward(
+            torch.stack(h_in), torch.stack(c_in), torch.stack(gates_all), torch.stack(tanh_c), keep, weight_hh
+        )
+        return torch.stack(hidden)
+
+    @staticmethod
+    def backward(ctx, grad_hidden):
+        h_in, c_in, gates, tanh_c, keep, weight_hh = ctx.saved_tensors
+        dh_next = torch.zeros_like(h_in[0])
+        dc_next = torch.zeros_like(c_in[0])
+        dgates = torch.empty_like(gates)
+        for t in reversed(range(gates.shape[0])):
+            i, f, g, o = gates[t].chunk(4, 1)
+            dh = grad_hidden[t] + dh_next
+            dc = dc_next + dh * o * (1 - tanh_c[t] * tanh_c[t])
+            torch.cat(
+                (dc * g * i * (1 - i), dc * c_in[t] * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c[t] * o * (1 - o)),
+                1,
+                out=dgates[t],
+            )
+            dh_next = (dgates[t] @ weight_hh) * keep[t]
+            dc_next = dc * f * keep[t]
+        grad_weight_hh = dgates.flatten(0, 1).t() @ h_in.flatten(0, 1)
+        return dgates, dh_next, dc_next, None, grad_weight_hh

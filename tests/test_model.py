@@ -99,3 +99,18 @@ def test_unroll_equals_step_by_step_forward_with_resets():
         value, step_logits, (hx, cx) = model(frames[t], (hx * keep, cx * keep))
         torch.testing.assert_close(values[t], value, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logits[t], step_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_lstm_sequence_gradients_are_exact():
+    from model import LSTMSequence
+
+    torch.manual_seed(0)
+    steps, batch, hidden = 4, 2, 3
+    projected = torch.randn(steps, batch, 4 * hidden, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(batch, hidden, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(batch, hidden, dtype=torch.float64, requires_grad=True)
+    keep = torch.ones(steps, batch, 1, dtype=torch.float64)
+    keep[2, 0] = 0.0
+    weight = torch.randn(4 * hidden, hidden, dtype=torch.float64, requires_grad=True)
+    sequence = lambda p, h, c, w: LSTMSequence.apply(p, h, c, keep, w)  # noqa: E731
+    assert torch.autograd.gradcheck(sequence, (projected, h0, c0, weight))
