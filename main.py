@@ -265,27 +265,13 @@ class Launcher:
         self.logger.info("resumed from %s frames, %s updates (%s)", f"{ckpt.frames:,}", f"{ckpt.updates:,}", restored)
 
     def start(self, name: str) -> None:
-        parent = os.getpid()
+        """Start process `name` ("test" or "train<rank>"), sharing the model, optimizer, counters and flags."""
+        shared = (self.cfg, self.model, self.optimizer, self.counters)
         if name == "test":
-            target, args = (
-                test_process,
-                (
-                    self.cfg,
-                    self.model,
-                    self.optimizer,
-                    self.counters,
-                    self.results,
-                    self.stop_event,
-                    parent,
-                    self.best_score,
-                ),
-            )
+            target, args = test_process, (*shared, self.results, self.stop_event, os.getpid(), self.best_score)
         else:
             rank = int(name.removeprefix("train"))
-            target, args = (
-                train_worker,
-                (rank, self.cfg, self.model, self.optimizer, self.counters, self.stop_event, parent),
-            )
+            target, args = train_worker, (rank, *shared, self.stop_event, os.getpid())
         process = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         with children_ignore_interrupts():
             process.start()
