@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,7 +99,7 @@ def main() -> int:
             mb = rss_mb(pid)
             if mb is not None and alive(pid):
                 seen.add(pid)
-                titles.setdefault(pid, title_of(pid) if pid != proc.pid else "a3c main")
+                titles[pid] = title_of(pid) if pid != proc.pid else "a3c main"  # set by the child once it runs
                 memory.setdefault(pid, []).append((now, mb))
         frames = latest_frames(log_path)
         if frames is not None:
@@ -145,10 +146,10 @@ def main() -> int:
         minute_gains.append(window[-1] - window[0] if len(window) > 1 else 0)
     by_role: dict[str, list[float]] = {}
     for pid, samples in memory.items():
-        # workers live between kills; skip the first minute of each process (allocator warm-up)
-        steady = [(t, m) for t, m in samples if t - samples[0][0] >= 60]
+        # the second half of each process's life: start-up and allocator warm-up are not growth
+        steady = samples[len(samples) // 2 :]
         role = "train" if titles[pid].startswith("a3c train") else titles[pid]
-        if len(steady) >= 6:
+        if len(steady) >= 6 and role in ("train", "a3c test", "a3c main"):
             by_role.setdefault(role, []).append(slope_per_hour(steady))
     report = {
         "minutes": round((time.time() - start) / 60, 1),
@@ -162,13 +163,14 @@ def main() -> int:
         "frames_increased_every_minute": all(g > 0 for g in minute_gains),
         "min_frames_per_minute": min(minute_gains) if minute_gains else None,
         "rss_mb_final": {titles[pid]: round(s[-1][1]) for pid, s in memory.items() if alive(pid) or pid == proc.pid},
-        "rss_slope_mb_per_hour": {role: round(max(v, key=abs), 2) for role, v in by_role.items()},
+        "rss_slope_mb_per_hour": {role: round(statistics.median(v), 2) for role, v in by_role.items()},
         "checkpoint_loads": True,
         "eval_exit_code": evaluation.returncode,
         "eval_summary": evaluation.stdout.strip().splitlines()[-2:] if evaluation.stdout else evaluation.stderr,
     }
     with open(os.path.join(out, "soak.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        series = {f"{titles[pid]} ({pid})": samples for pid, samples in memory.items()}
+        json.dump({**report, "rss_series_mb": series, "frames_series": frames_series, "kill_log": kills}, f)
     print(json.dumps(report, indent=2))
     ok = code == 0 and not orphans and report["frames_increased_every_minute"] and evaluation.returncode == 0
     print("soak: PASS" if ok else "soak: FAIL")
