@@ -253,6 +253,18 @@ def make_env(
     return env
 
 
+def make_env_for(settings, training: bool = True, render_mode: str | None = None) -> gym.Env:
+    """make_env with a run's settings (anything with env, env_config, skip_rate, max_episode_length)."""
+    return make_env(
+        settings.env,
+        env_config=settings.env_config,
+        skip_rate=settings.skip_rate,
+        max_episode_length=settings.max_episode_length,
+        training=training,
+        render_mode=render_mode,
+    )
+
+
 def check_spaces(env: gym.Env, env_id: str) -> None:
     """The model needs image observations (HxW or HxWxC) and a discrete action set."""
     obs_space, act_space = env.observation_space, env.action_space

@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from agent import Agent, play_game
-from environment import frames_per_step, is_atari, make_env
+from environment import frames_per_step, is_atari, make_env, make_env_for
 from model import A3Clstm
 from utils import Checkpoint, UsageError, check_fits, check_gpus, load_checkpoint, safe_name
 
@@ -136,14 +136,7 @@ def play_one(index: int) -> dict:
     seed = cfg.seed + index
     recording = cfg.record is not None and index % cfg.record_every == 0
     render_mode = "human" if cfg.render and index % cfg.render_freq == 0 else "rgb_array" if recording else None
-    env = make_env(
-        cfg.env,
-        env_config=cfg.env_config,
-        skip_rate=cfg.skip_rate,
-        max_episode_length=cfg.max_episode_length,
-        training=False,
-        render_mode=render_mode,
-    )
+    env = make_env_for(cfg, training=False, render_mode=render_mode)
     torch.manual_seed(seed)
     agent = Agent(model, [env], device, seed=seed)
     frames = [env.render()] if recording else None

@@ -8,7 +8,7 @@ import sys
 import time
 
 from agent import Agent, play_game
-from environment import make_env
+from environment import make_env_for
 from train import SharedLink, build_model, init_process
 from utils import (
     Checkpoint,
@@ -46,13 +46,7 @@ def test_process(
 
 def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, parent_pid, best_score, logger):
     device = cfg.device_for(0)
-    env = make_env(
-        cfg.env,
-        env_config=cfg.env_config,
-        skip_rate=cfg.skip_rate,
-        max_episode_length=cfg.max_episode_length,
-        training=False,
-    )
+    env = make_env_for(cfg, training=False)
     model = build_model(env.action_space.n, cfg, device).eval()
     agent = Agent(model, [env], device, seed=cfg.seed + cfg.workers)
     link = SharedLink(shared_model, model, device)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from agent import Agent
-from environment import frames_per_step, make_env
+from environment import frames_per_step, make_env_for
 from model import A3Clstm
 from shared_optim import make_optimizer
 from utils import Config, Counters, setup_logger, tensorboard_writer
@@ -149,8 +149,8 @@ class SharedLink:
     def __init__(self, shared: A3Clstm, local: A3Clstm, device: torch.device):
         self.shared = list(shared.parameters())
         self.local = list(local.parameters())
-        pin = device.type == "cuda"
-        self.grads = [torch.zeros(p.shape, pin_memory=pin) for p in self.shared]
+        self.pin = device.type == "cuda"
+        self.grads: list[torch.Tensor] = []  # allocated on the first push: the test process never pushes
 
     def pull(self) -> None:
         with torch.no_grad():
@@ -158,6 +158,8 @@ class SharedLink:
                 local.copy_(shared)
 
     def push(self) -> None:
+        if not self.grads:
+            self.grads = [torch.zeros(p.shape, pin_memory=self.pin) for p in self.shared]
         for buffer, local, shared in zip(self.grads, self.local, self.shared):
             shared.grad = None if local.grad is None else buffer.copy_(local.grad)
 
@@ -211,10 +213,7 @@ def train_worker(rank: int, cfg: Config, shared_model, optimizer, counters: Coun
 
 def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event, parent_pid, logger) -> int:
     device = cfg.device_for(rank)
-    envs = [
-        make_env(cfg.env, env_config=cfg.env_config, skip_rate=cfg.skip_rate, max_episode_length=cfg.max_episode_length)
-        for _ in range(cfg.envs_per_worker)
-    ]
+    envs = [make_env_for(cfg) for _ in range(cfg.envs_per_worker)]
     model = build_model(envs[0].action_space.n, cfg, device)
     if optimizer is None:
         optimizer = make_optimizer(cfg.optimizer, shared_model.parameters(), cfg.lr, cfg.amsgrad, shared=False)

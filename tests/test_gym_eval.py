@@ -18,22 +18,10 @@ PONG = "PongNoFrameskip-v4"
 def trained(tmp_path_factory):
     """A checkpoint and metrics from a few seconds of real training."""
     root = tmp_path_factory.mktemp("trained")
-    result = run_cli(
-        "main.py",
-        "--env",
-        PONG,
-        "--workers",
-        1,
-        "--max-steps",
-        800,
-        "--test-interval",
-        0,
-        "--log-dir",
-        root / "logs",
-        "--save-model-dir",
-        root / "models",
-        timeout=180,
-    )
+    # stop right after the first test game: a checkpoint, a metrics row and a curve exist then
+    flags = ["--workers", 1, "--target-score", -21, "--target-window", 1, "--test-interval", 0]
+    dirs = ["--log-dir", root / "logs", "--save-model-dir", root / "models"]
+    result = run_cli("main.py", "--env", PONG, *flags, *dirs, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return {"model": root / "models" / f"{PONG}.dat", "metrics": root / "logs" / f"{PONG}_metrics.csv", "root": root}
 
