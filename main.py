@@ -27,8 +27,8 @@ from utils import (
     Checkpoint,
     Config,
     Counters,
+    GameResults,
     StopFlag,
-    TestResults,
     UsageError,
     check_fits,
     check_gpus,
@@ -241,7 +241,7 @@ class Launcher:
             self.restore(ckpt)
         self.model.share_memory()
         self.stop_event = StopFlag()
-        self.results = TestResults()
+        self.results = GameResults()
         self.results_seen = 0
         self.processes: dict[str, mp.Process] = {}
         self.restarts: dict[str, int] = {}

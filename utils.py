@@ -238,7 +238,7 @@ class StopFlag:
         return self.is_set()
 
 
-class TestResults:
+class GameResults:
     """Test-game results passed from the test process to the launcher through a shared ring buffer.
 
     Lock-free for the same reason as StopFlag: the test process may be killed at any instant.
