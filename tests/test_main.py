@@ -122,3 +122,27 @@ def test_other_flags_run_end_to_end(run_dirs):
     last = load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0_last.dat"))
     best = load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0.dat"))
     assert last.frames >= 3000 and last.args["textbook"] and best.best_score is not None
+
+
+def test_tensorboard_scalars(run_dirs):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_cli(
+        "main.py",
+        "--env",
+        "tests.pixel_envs:Cue-v0",
+        "--workers",
+        1,
+        "--max-steps",
+        600,
+        "--test-interval",
+        0,
+        "--tensorboard-logger",
+        *run_dirs["flags"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = EventAccumulator(str(run_dirs["logs"] / "tensorboard" / "tests.pixel_envs_Cue-v0"))
+    events.Reload()
+    assert {"train/total", "train/entropy", "test/reward", "test/fps"} <= set(events.Tags()["scalars"])
