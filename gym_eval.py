@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from agent import Agent, play_game
-from environment import frames_per_step, is_atari, make_env, make_env_for
+from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
 from utils import Checkpoint, UsageError, check_fits, check_gpus, load_checkpoint, safe_name
 
@@ -86,9 +86,7 @@ def parse_config(argv: list[str] | None) -> tuple[EvalConfig, Checkpoint]:
     check_gpus([args.gpu_id])
     path = args.model or os.path.join(args.load_model_dir, f"{safe_name(args.env)}.dat")
     ckpt = load_checkpoint(path)
-    probe = make_env(args.env, env_config=args.env_config, training=False)
-    num_actions = probe.action_space.n
-    probe.close()
+    num_actions = describe_env(args.env, args.env_config)
     hidden_size = args.hidden_size or ckpt.hidden_size
     check_fits(ckpt, path, num_actions, hidden_size, args.env)
     if args.record:
