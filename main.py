@@ -34,7 +34,7 @@ from utils import (
     check_gpus,
     format_duration,
     load_checkpoint,
-    save_checkpoint,
+    save_run,
     setup_logger,
 )
 
@@ -385,24 +385,12 @@ class Launcher:
         self.drain_results()
 
     def save_final(self) -> None:
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if not all(torch.isfinite(v).all() for v in state.values()):
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.logger.error("shared weights are not finite; keeping the last saved checkpoint")
             self.exit_code = EXIT_FAILED
             return
-        ckpt = Checkpoint(
-            model=state,
-            optimizer=self.optimizer.state_dict() if self.optimizer else None,
-            frames=self.counters.frames,
-            updates=self.counters.updates,
-            best_score=self.best_score,
-            args=self.cfg.to_dict(),
-        )
         path = self.cfg.checkpoint_path(suffix="_last" if self.cfg.save_max else "")
-        try:
-            save_checkpoint(path, ckpt)
-        except OSError as e:
-            self.logger.error("could not save %s (%s); the previous checkpoint is intact", path, e)
+        if not save_run(path, self.cfg, self.model, self.optimizer, self.counters, self.best_score, self.logger):
             self.exit_code = EXIT_FAILED
             return
         self.logger.info("saved %s", path)

@@ -11,13 +11,12 @@ from agent import Agent, play_game
 from environment import make_env_for
 from train import SharedLink, build_model, init_process
 from utils import (
-    Checkpoint,
     Config,
     Counters,
     append_metrics,
     format_duration,
     plot_metrics,
-    save_checkpoint,
+    save_run,
     setup_logger,
     tensorboard_writer,
 )
@@ -96,7 +95,7 @@ def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, paren
                 for name in ("reward", "length", "fps"):
                     writer.add_scalar(f"test/{name}", row[name], frames)
             if not cfg.save_max or reward >= best:
-                save_model(cfg, model, optimizer, counters, max(best, reward), logger)
+                save_run(cfg.checkpoint_path(), cfg, model, optimizer, counters, max(best, reward), logger)
             best = max(best, reward)
             results.put(reward, length)
             stop_event.wait(cfg.test_interval)
@@ -104,24 +103,6 @@ def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, paren
         agent.close()
         if writer is not None:
             writer.close()
-
-
-def save_model(cfg: Config, model, optimizer, counters: Counters, best: float, logger) -> None:
-    """Save the weights that were just tested; a failed save is reported and the previous file kept."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = Checkpoint(
-        model=state,
-        optimizer=optimizer.state_dict() if optimizer is not None else None,
-        frames=counters.frames,
-        updates=counters.updates,
-        best_score=best,
-        args=cfg.to_dict(),
-    )
-    path = cfg.checkpoint_path()
-    try:
-        save_checkpoint(path, ckpt)
-    except OSError as e:
-        logger.error("could not save %s (%s); the previous checkpoint is intact", path, e)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,25 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
         raise
 
 
+def save_run(path: str, cfg: Config, model, optimizer, counters: Counters, best_score, logger) -> bool:
+    """Checkpoint a run (weights, optimizer statistics, counters, settings); a failed save is logged
+    and leaves the previous file intact. Returns whether it was saved."""
+    ckpt = Checkpoint(
+        model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        optimizer=optimizer.state_dict() if optimizer is not None else None,
+        frames=counters.frames,
+        updates=counters.updates,
+        best_score=best_score,
+        args=cfg.to_dict(),
+    )
+    try:
+        save_checkpoint(path, ckpt)
+    except OSError as e:
+        logger.error("could not save %s (%s); the previous checkpoint is intact", path, e)
+        return False
+    return True
+
+
 def load_checkpoint(path: str) -> Checkpoint:
     """Load the toolkit's checkpoint or a bare classic rl_a3c_pytorch state_dict (weights only)."""
     if not os.path.isfile(path):
