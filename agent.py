@@ -43,15 +43,22 @@ class Agent:
         """A new tensor each step: the textbook path's graph still holds the previous frames."""
         return torch.from_numpy(frames).to(self.device)
 
-    def forward(self):
-        """Value, logits and next LSTM state for the current frames; does not change the agent."""
+    def encode(self) -> torch.Tensor:
+        """The convolutional features [K, 1024] of the current frames."""
+        return self.model.features(self.obs)
+
+    def forward(self, features: torch.Tensor | None = None):
+        """Value, logits and next LSTM state for the current frames (or their given features);
+        does not change the agent."""
+        if features is None:
+            features = self.encode()
         keep = (1.0 - self.starts).unsqueeze(1)
         hx, cx = self.state
-        return self.model(self.obs, (hx * keep, cx * keep))
+        return self.model.recur(features, (hx * keep, cx * keep))
 
-    def act(self, greedy: bool):
+    def act(self, greedy: bool, features: torch.Tensor | None = None):
         """Advance the LSTM on the current frames and choose actions: argmax, or sampled from the policy."""
-        value, logits, self.state = self.forward()
+        value, logits, self.state = self.forward(features)
         if greedy:
             actions = logits.argmax(dim=1)
         else:

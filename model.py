@@ -57,23 +57,24 @@ class A3Clstm(nn.Module):
 
     def forward(self, x, state):
         """One step: frames [N, C, H, W] and (hx, cx) -> value [N], logits [N, A], new (hx, cx)."""
-        hx, cx = self.lstm(self.features(x), state)
+        return self.recur(self.features(x), state)
+
+    def recur(self, features, state):
+        """One step after the convolutions: features [N, 1024] and (hx, cx) -> value, logits, new (hx, cx)."""
+        hx, cx = self.lstm(features, state)
         return self.critic_linear(hx).squeeze(1), self.actor_linear(hx), (hx, cx)
 
-    def unroll(self, frames, state, starts):
-        """Replay a rollout in one pass: convolutions and the LSTM's input projection batched over all
-        T*K frames, the recurrence step by step (see LSTMSequence).
+    def unroll(self, features, state, starts):
+        """Replay `recur` over a rollout in one pass: the LSTM's input projection batched over all T*K
+        steps, the recurrence step by step (see LSTMSequence), the heads batched.
 
-        frames [T, K, C, H, W], starts [T, K] (1.0 where a new episode begins: the hidden state is
+        features [T, K, 1024], starts [T, K] (1.0 where a new episode begins: the hidden state is
         zeroed there, exactly as the acting loop zeroes it) -> values [T, K], logits [T, K, A].
         """
-        steps, batch = frames.shape[:2]
-        features = self.features(frames.flatten(0, 1)).view(steps, batch, -1)
         lstm = self.lstm
         projected = F.linear(features, lstm.weight_ih, lstm.bias_ih + lstm.bias_hh)
         keep = (1.0 - starts).unsqueeze(2)
-        with torch.autocast(frames.device.type, enabled=False):  # the recurrence stays in fp32 under --bf16
-            hidden = LSTMSequence.apply(projected.float(), state[0], state[1], keep, lstm.weight_hh)
+        hidden = LSTMSequence.apply(projected, state[0], state[1], keep, lstm.weight_hh)
         return self.critic_linear(hidden).squeeze(2), self.actor_linear(hidden)
 
 

@@ -76,7 +76,7 @@ def a3c_loss(logits, values, actions, returns, advantages, entropy_coef: float, 
 
 @dataclass
 class Rollout:
-    frames: torch.Tensor  # [T, K, C, H, W]
+    features: list  # T tensors [K, 1024], each with its step's convolution graph
     starts: torch.Tensor  # [T, K] 1.0 where the LSTM state was zeroed before step t
     actions: torch.Tensor  # [T, K]
     rewards: torch.Tensor  # [T, K], truncation bootstrap folded in
@@ -87,27 +87,30 @@ class Rollout:
     logits: torch.Tensor | None = None  # [T, K, A] with graph (textbook mode)
 
 
-def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool) -> Rollout:
+def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, bf16: bool = False) -> Rollout:
     """Play `steps` steps in every env, sampling actions.
 
-    Fast path: act without autograd and let `A3Clstm.unroll` replay the frames in one batched
-    pass. Textbook path: keep each step's graph, as the classic tool does.
+    Each step's convolutions keep their autograd graph, so the update backpropagates through the
+    forward pass that chose the action instead of computing it again. Fast path: the LSTM and the
+    heads act without autograd and `A3Clstm.unroll` replays them over the stored features in one
+    batched pass. Textbook path: every step keeps its whole graph, as the classic tool does.
+    `bf16` runs the convolutions under bfloat16 autocast.
     """
     agent.detach_state()
     device = agent.device
     k = len(agent.envs)
-    frames = torch.empty((steps, *agent.obs.shape), device=device)
     starts = torch.empty(steps, k, device=device)
     actions = torch.empty(steps, k, dtype=torch.long, device=device)
     rewards = torch.empty(steps, k)
     dones = torch.empty(steps, k)
     state = agent.state
-    values, logits = [], []
+    features, values, logits = [], [], []
     for t in range(steps):
-        frames[t] = agent.obs
         starts[t] = agent.starts
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            features.append(agent.encode().float())
         with nullcontext() if textbook else torch.no_grad():
-            actions[t], value, step_logits = agent.act(greedy=False)
+            actions[t], value, step_logits = agent.act(greedy=False, features=features[t])
         values.append(value)
         logits.append(step_logits)
         result = agent.step(actions[t])
@@ -117,7 +120,7 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool) -> R
         dones[t] = torch.from_numpy((result.terminated | result.truncated).astype("float32"))
     with torch.no_grad():
         bootstrap, _, _ = agent.forward()
-    rollout = Rollout(frames, starts, actions, rewards.to(device), dones.to(device), state, bootstrap)
+    rollout = Rollout(features, starts, actions, rewards.to(device), dones.to(device), state, bootstrap)
     if textbook:
         rollout.values, rollout.logits = torch.stack(values), torch.stack(logits)
     return rollout
@@ -125,9 +128,7 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool) -> R
 
 def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config) -> Losses:
     if rollout.values is None:
-        with torch.autocast(rollout.frames.device.type, torch.bfloat16, enabled=cfg.bf16):
-            values, logits = model.unroll(rollout.frames, rollout.state, rollout.starts)
-        values, logits = values.float(), logits.float()
+        values, logits = model.unroll(torch.stack(rollout.features), rollout.state, rollout.starts)
     else:
         values, logits = rollout.values, rollout.logits
     returns = n_step_returns(rollout.rewards, rollout.dones, rollout.bootstrap, cfg.gamma)
@@ -226,7 +227,7 @@ def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event,
     try:
         while not stop_event.is_set() and os.getppid() == parent_pid:
             link.pull()
-            rollout = collect_rollout(agent, steps, cfg.gamma, cfg.textbook)
+            rollout = collect_rollout(agent, steps, cfg.gamma, cfg.textbook, cfg.bf16)
             losses = rollout_losses(model, rollout, cfg)
             if apply_update(model, link, optimizer, losses.total, cfg.max_grad_norm):
                 bad_in_a_row = 0

@@ -92,7 +92,8 @@ def test_unroll_equals_step_by_step_forward_with_resets():
     starts = torch.zeros(steps, envs)
     starts[3, 1] = starts[5, 0] = 1.0
     state = (torch.randn(envs, 64), torch.randn(envs, 64))
-    values, logits = model.unroll(frames, state, starts)
+    features = model.features(frames.flatten(0, 1)).view(steps, envs, -1)
+    values, logits = model.unroll(features, state, starts)
     hx, cx = state
     for t in range(steps):
         keep = (1 - starts[t]).unsqueeze(1)

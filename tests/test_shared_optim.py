@@ -35,7 +35,7 @@ def test_matches_torch_optim_over_a_fixed_gradient_sequence(make_shared, make_re
                 p.grad = g.clone()
             opt.step()
     for a, b in zip(shared_params, reference_params):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # fused/multi-tensor kernels round differently
 
 
 def test_state_lives_in_shared_memory_and_survives_a_state_dict_round_trip():

@@ -57,7 +57,7 @@ def test_gradient_clipping_caps_the_norm():
 
 
 def test_batched_replay_gives_the_textbook_gradient():
-    """The fast path replays the rollout in one pass; its gradient equals the per-step autograd one."""
+    """The fast path replays the LSTM over the rollout in one pass; its gradient equals the per-step autograd one."""
     cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32)
     torch.manual_seed(0)
     model = A3Clstm(1, 2, 32)
@@ -69,7 +69,7 @@ def test_batched_replay_gives_the_textbook_gradient():
 
     textbook = rollout_losses(model, rollout, cfg)
     model.zero_grad()
-    textbook.total.backward()
+    textbook.total.backward(retain_graph=True)  # the fast loss below backpropagates through the same convolutions
     textbook_grads = [p.grad.clone() for p in model.parameters()]
 
     rollout.values = rollout.logits = None
