@@ -2,6 +2,7 @@
 
     python bench.py                      # workers = cores, CPU
     python bench.py --gpu-ids 0 --workers 16 --envs-per-worker 4
+    python bench.py --phases             # also: where one worker's time goes, per agent step
 
 Both variants run the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
@@ -25,10 +26,11 @@ from dataclasses import replace
 import torch
 import torch.multiprocessing as mp
 
-from environment import describe_env
+from agent import Agent
+from environment import describe_env, make_env_for
 from model import A3Clstm
 from shared_optim import make_optimizer
-from train import train_worker
+from train import SharedLink, apply_update, build_model, collect_rollout, rollout_losses, train_worker
 from utils import Config, Counters, StopFlag, UsageError, check_gpus
 
 
@@ -38,6 +40,18 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def wait_for_first_updates(workers: list, counters: Counters, timeout: float = 300.0) -> None:
+    """Block until every worker has made one update (imports, env and model set up), so that the warm-up
+    measures a running loop, not process start-up."""
+    deadline = time.time() + timeout
+    while bool((counters.table[1, : len(workers)] == 0).any()):
+        if any(not w.is_alive() for w in workers):
+            raise RuntimeError("a worker exited before its first update")
+        if time.time() > deadline:
+            raise RuntimeError(f"workers made no update in {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> dict:
@@ -53,6 +67,7 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
     for worker in workers:
         worker.start()
     try:
+        wait_for_first_updates(workers, counters)
         time.sleep(warmup)
         frames0, updates0, t0 = counters.table[0].clone(), counters.updates, time.time()
         time.sleep(duration)
@@ -74,6 +89,46 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
     }
 
 
+def phase_times(cfg: Config, num_actions: int, updates: int) -> dict:
+    """One worker's loop in this process on one thread: mean ms per agent step in each phase."""
+    torch.set_num_threads(1)
+    device = cfg.device_for(0)
+    shared = A3Clstm(1, num_actions, cfg.hidden_size).share_memory()
+    optimizer = make_optimizer(cfg.optimizer, shared.parameters(), cfg.lr, cfg.amsgrad)
+    model = build_model(num_actions, cfg, device)
+    link = SharedLink(shared, model, device)
+    agent = Agent(model, [make_env_for(cfg) for _ in range(cfg.envs_per_worker)], device, seed=cfg.seed)
+    totals = dict.fromkeys(("pull weights", "act + env", "losses", "backward + optimizer"), 0.0)
+    warmup = 5
+    for update in range(warmup + updates):
+        marks = [time.perf_counter()]
+        link.pull()
+        marks.append(time.perf_counter())
+        rollout = collect_rollout(agent, cfg.num_steps, cfg.gamma, cfg.textbook, cfg.bf16)
+        marks.append(time.perf_counter())
+        losses = rollout_losses(model, rollout, cfg)
+        marks.append(time.perf_counter())
+        apply_update(model, link, optimizer, losses.total, cfg.max_grad_norm)
+        marks.append(time.perf_counter())
+        if update >= warmup:
+            for name, start, end in zip(totals, marks, marks[1:]):
+                totals[name] += end - start
+    agent.close()
+    steps = updates * cfg.num_steps
+    return {name: seconds / steps * 1000 for name, seconds in totals.items()}
+
+
+def print_phases(variants: dict, num_actions: int, updates: int) -> dict:
+    phases = {name: phase_times(cfg, num_actions, updates) for name, cfg in variants.items()}
+    names = list(next(iter(phases.values())))
+    print(f"\none worker, ms per agent step ({updates} updates after 5 of warm-up):")
+    print("| variant | " + " | ".join(names) + " | total |")
+    print("| --- |" + " ---: |" * (len(names) + 1))
+    for variant, times in phases.items():
+        print(f"| {variant} | " + " | ".join(f"{times[n]:.2f}" for n in names) + f" | {sum(times.values()):.2f} |")
+    return phases
+
+
 def hardware() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -92,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-ids", type=int, nargs="+", default=[-1])
     p.add_argument("--envs-per-worker", type=int, default=1, help="for the fast path (the baseline keeps 1)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the fast path")
-    p.add_argument("--warmup", type=float, default=15.0, help="seconds before counting")
+    p.add_argument("--warmup", type=float, default=15.0, help="seconds counted from every worker's first update")
     p.add_argument("--duration", type=float, default=30.0, help="seconds counted per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating baseline/fast rounds")
+    p.add_argument("--phases", action="store_true", help="also time each phase of one worker's loop in-process")
+    p.add_argument("--phase-updates", type=int, default=40, help="updates timed per variant with --phases")
     p.add_argument("--json", default="logs/bench.json", help="where to write the results")
     args = p.parse_args(argv)
     try:
+        if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.phase_updates < 1 or args.workers < 1:
+            raise UsageError("--duration, --rounds, --phase-updates and --workers must be positive, --warmup >= 0")
         check_gpus(args.gpu_ids)
         num_actions = describe_env(args.env, "config.json")
     except UsageError as e:
@@ -113,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for round_ in range(args.rounds):
         for name, cfg in variants.items():
-            result = measure(cfg, num_actions, args.warmup, args.duration)
+            try:
+                result = measure(cfg, num_actions, args.warmup, args.duration)
+            except RuntimeError as e:
+                print(f"error: {name}: {e} (worker logs in {log_dir})", file=sys.stderr)
+                return 1
             runs[name].append(result)
             print(f"round {round_ + 1}: {name:8s} {result['frames_per_s']:8.0f} frames/s", flush=True)
     summary = {}
@@ -135,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {s['peak_rss_mb_per_worker']:.0f} |"
         )
     print(f"\nfast / textbook frames/s: {ratio:.2f}x")
+    phases = print_phases(variants, num_actions, args.phase_updates) if args.phases else None
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(
@@ -150,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": runs,
                 "summary": summary,
                 "ratio": ratio,
+                "phases_ms_per_step": phases,
             },
             f,
             indent=2,

@@ -150,6 +150,7 @@ class SharedLink:
     def __init__(self, shared: A3Clstm, local: A3Clstm, device: torch.device):
         self.shared = list(shared.parameters())
         self.local = list(local.parameters())
+        self.device = device
         self.pin = device.type == "cuda"
         self.grads: list[torch.Tensor] = []  # allocated on the first push: the test process never pushes
 
@@ -159,10 +160,13 @@ class SharedLink:
                 local.copy_(shared)
 
     def push(self) -> None:
+        """From a GPU: all copies queued without waiting, then one wait before the optimizer reads them."""
         if not self.grads:
             self.grads = [torch.zeros(p.shape, pin_memory=self.pin) for p in self.shared]
         for buffer, local, shared in zip(self.grads, self.local, self.shared):
-            shared.grad = None if local.grad is None else buffer.copy_(local.grad)
+            shared.grad = None if local.grad is None else buffer.copy_(local.grad, non_blocking=self.pin)
+        if self.pin:
+            torch.cuda.synchronize(self.device)
 
 
 def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor, max_grad_norm: float) -> bool:
