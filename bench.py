@@ -6,9 +6,9 @@
 
 Both variants run the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
-memory layout; the fast path acts without autograd and replays each rollout in one batched pass,
-with channels-last convolutions. Variants alternate for --rounds rounds, so the ratio holds on a noisy
-machine. Prints a table and writes JSON.
+memory layout; the fast path keeps only the convolutions' graph while acting, replays the LSTM and
+heads over each rollout in one batched pass, and runs channels-last convolutions. Variants alternate
+for --rounds rounds, so the ratio holds on a noisy machine. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
