@@ -40,7 +40,7 @@ class Agent:
         self.episode_length = np.zeros(k, dtype=np.int64)
 
     def _upload(self, frames: np.ndarray) -> torch.Tensor:
-        """A new tensor each step: the textbook path's graph still holds the previous frames."""
+        """A new tensor each step: the rollout's convolution graphs still hold the previous frames."""
         return torch.from_numpy(frames).to(self.device)
 
     def encode(self) -> torch.Tensor:

@@ -76,7 +76,7 @@ def a3c_loss(logits, values, actions, returns, advantages, entropy_coef: float, 
 
 @dataclass
 class Rollout:
-    features: list  # T tensors [K, 1024], each with its step's convolution graph
+    features: list[torch.Tensor]  # T tensors [K, 1024], each with its step's convolution graph
     starts: torch.Tensor  # [T, K] 1.0 where the LSTM state was zeroed before step t
     actions: torch.Tensor  # [T, K]
     rewards: torch.Tensor  # [T, K], truncation bootstrap folded in
