@@ -17,14 +17,16 @@ class StepResult:
     terminated: np.ndarray  # [K] bool
     truncated: np.ndarray  # [K] bool
     final_obs: dict  # env index -> last frame of an episode that was truncated (for bootstrapping)
-    finished: list  # (env index, episode reward, episode length, info) of episodes that ended
+    finished: list  # (env index, game reward, game length, info) of whole games that ended
 
 
 class Agent:
-    """Holds the current frames, LSTM state and running episode totals of K envs.
+    """Holds the current frames, LSTM state and running game totals of K envs.
 
-    The LSTM state is zeroed where an episode starts by multiplying with `1 - starts`, the
-    same arithmetic `A3Clstm.unroll` uses to replay a rollout.
+    An episode ends at a lost life or at the end of the game; the env is then reset (after a lost
+    life that is a no-op and FIRE, the game goes on) and the LSTM state is zeroed by multiplying
+    with `1 - starts`, the same arithmetic `A3Clstm.unroll` uses to replay a rollout. Scores and
+    lengths add up over a whole game, as the classic tool reports them.
     """
 
     def __init__(self, model: A3Clstm, envs: list[gym.Env], device: torch.device, seed: int):
@@ -36,8 +38,8 @@ class Agent:
         self.obs = self._upload(first)
         self.state = model.initial_state(k, device)
         self.starts = torch.ones(k, device=device)
-        self.episode_reward = np.zeros(k)
-        self.episode_length = np.zeros(k, dtype=np.int64)
+        self.game_reward = np.zeros(k)
+        self.game_length = np.zeros(k, dtype=np.int64)
 
     def _upload(self, frames: np.ndarray) -> torch.Tensor:
         """A new tensor each step: the rollout's convolution graphs still hold the previous frames."""
@@ -75,14 +77,15 @@ class Agent:
         for i, (env, action) in enumerate(zip(self.envs, actions.tolist())):
             obs, reward, terminated[i], truncated[i], info = env.step(action)
             rewards[i] = reward
-            self.episode_reward[i] += reward
-            self.episode_length[i] += 1
+            self.game_reward[i] += reward
+            self.game_length[i] += 1
             if terminated[i] or truncated[i]:
                 if truncated[i] and not terminated[i]:
                     final_obs[i] = obs
-                finished.append((i, float(self.episode_reward[i]), int(self.episode_length[i]), info))
-                self.episode_reward[i] = 0.0
-                self.episode_length[i] = 0
+                if info.get("game_over", True):
+                    finished.append((i, float(self.game_reward[i]), int(self.game_length[i]), info))
+                    self.game_reward[i] = 0.0
+                    self.game_length[i] = 0
                 obs, _ = env.reset()
             frames.append(obs)
         self.obs = self._upload(np.stack(frames))
@@ -106,10 +109,7 @@ class Agent:
 
 
 def play_game(agent: Agent, greedy: bool = True, should_stop=lambda: False, on_step=None):
-    """Play env 0 until its episode ends; return (reward, length, info), or None if asked to stop first.
-
-    With the evaluation env stack an episode is a whole game (all lives), so this is the real score.
-    """
+    """Play env 0 until its game ends (all lives); return (reward, length, info), or None if asked to stop first."""
     while not should_stop():
         with torch.no_grad():
             actions, _, _ = agent.act(greedy)

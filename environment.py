@@ -1,9 +1,12 @@
 """Environment creation: the one place that builds and wraps every env the toolkit plays.
 
-Atari ids get the classic A3C/DeepMind stack (no-op starts, frame skip with max-pooling,
-episodic life, fire on reset, crop/grayscale/resize, running normalisation, reward clipping).
-Any other gymnasium env with image observations and discrete actions gets the image
-preprocessing and normalisation only.
+Atari ids get rl_a3c_pytorch's preprocessing, step for step, so that its models play here as they
+did there and models trained here play there: on frame-skip-1 ids no-op starts and a frame skip
+whose observation is the max of the last three raw frames; episodic life; FIRE after every reset;
+crop, 80x80 area resize of the RGB crop, grayscale; running normalisation. Training adds reward
+clipping, nothing else: training, the test process and evaluation see the same frames and the
+same life semantics. Any other gymnasium env with image observations and discrete actions gets
+the resize, grayscale and normalisation only.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections import deque
 from functools import cache
 
 import ale_py
@@ -28,7 +32,10 @@ DETERMINISTIC_ID = re.compile(r"^(?P<game>[A-Za-z0-9]+)Deterministic-v[04]$")
 
 
 class NoopReset(gym.Wrapper):
-    """Start each game with 1..noop_max no-ops so that greedy play does not see one fixed start."""
+    """Start each game with 1..noop_max no-ops so that greedy play does not see one fixed start.
+
+    Frame-skip-1 ids only, as in the classic tool: the other ids skip frames inside ALE.
+    """
 
     def __init__(self, env: gym.Env, noop_max: int = 30):
         super().__init__(env)
@@ -44,29 +51,44 @@ class NoopReset(gym.Wrapper):
 
 
 class MaxAndSkip(gym.Wrapper):
-    """Repeat each action `skip` frames, sum rewards, max-pool the last two frames (Atari flicker)."""
+    """Repeat each action `skip` frames and sum the rewards; observe the max of the last three raw frames.
+
+    The max hides Atari flicker. As in rl_a3c_pytorch, the three frames are kept across agent steps
+    and cleared only on reset (where the reset frame starts the history): models trained on these
+    frames play far worse on a max of two (Pong: 20 against 10).
+    """
 
     def __init__(self, env: gym.Env, skip: int):
         super().__init__(env)
         self.skip = skip
-        self._frames = np.zeros((2, *env.observation_space.shape), dtype=env.observation_space.dtype)
+        self._frames: deque[np.ndarray] = deque(maxlen=3)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._frames.clear()
+        self._frames.append(obs)
+        return obs, info
 
     def step(self, action):
         total = 0.0
         terminated = truncated = False
         info = {}
-        for i in range(self.skip):
+        for _ in range(self.skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
-            self._frames[i % 2] = obs
+            self._frames.append(obs)
             total += float(reward)
             if terminated or truncated:
-                self._frames[(i + 1) % 2] = obs
                 break
-        return self._frames.max(axis=0), total, terminated, truncated, info
+        return np.max(np.stack(self._frames), axis=0), total, terminated, truncated, info
 
 
 class EpisodicLife(gym.Wrapper):
-    """A lost life ends the training episode (faster credit assignment); the game resets only on game over."""
+    """A lost life ends the episode (faster credit assignment); the game resets only on game over.
+
+    Used in training and in play alike, as the classic tool does: after a lost life the agent's LSTM
+    state starts from zero and FIRE is pressed again, while the game and its score go on.
+    `info["game_over"]` tells a lost life from the end of the game.
+    """
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -107,24 +129,27 @@ class FireReset(gym.Wrapper):
         return obs, info
 
 
+GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)
+
+
 class Preprocess(gym.ObservationWrapper):
-    """Crop (Atari screens only), grayscale and resize to a 1x80x80 float32 frame in [0, 1]."""
+    """The classic tool's frame: crop (Atari screens), area-resize the 8-bit RGB crop to 80x80, then
+    grayscale with 0.2989 R + 0.587 G + 0.114 B as float32 in [0, 255] (normalisation follows)."""
 
     def __init__(self, env: gym.Env, crop: dict | None):
         super().__init__(env)
         self.crop = crop
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (1, FRAME_SIZE, FRAME_SIZE), np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 255.0, (1, FRAME_SIZE, FRAME_SIZE), np.float32)
 
     def observation(self, frame):
         if self.crop is not None:
             frame = frame[self.crop["crop1"] : self.crop["crop2"] + 160, :160]
-        if frame.ndim == 3:
-            frame = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.shape[2] == 3 else frame.mean(axis=2)
-        frame = frame.astype(np.float32) * (1.0 / 255.0)
-        if self.crop is not None:
-            frame = cv2.resize(frame, (self.crop["dimension2"], FRAME_SIZE), interpolation=cv2.INTER_AREA)
+        if frame.dtype not in (np.uint8, np.float32, np.float64):
+            frame = frame.astype(np.float32)
         frame = cv2.resize(frame, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
-        return frame.reshape(1, FRAME_SIZE, FRAME_SIZE)
+        if frame.ndim == 3:
+            frame = frame @ GRAY_WEIGHTS if frame.shape[2] == 3 else frame.mean(axis=2)
+        return frame.astype(np.float32).reshape(1, FRAME_SIZE, FRAME_SIZE)
 
 
 class NormalizeObservation(gym.ObservationWrapper):
@@ -228,24 +253,22 @@ def make_env(
     training: bool = True,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """Build `env_id` with the preprocessing training and evaluation share.
+    """Build `env_id` with the preprocessing that training, testing and evaluation share.
 
-    `training` adds the episodic-life and reward-clipping wrappers; evaluation plays real
-    games and reports real scores.
+    `training` adds reward clipping only; played games report real scores. An episode ends at a
+    lost life (Atari), a game at game over; `max_episode_length` caps a game's agent steps.
     """
     config = load_env_config(env_config)
     env = _make_base(env_id, render_mode)
     check_spaces(env, env_id)
     atari = is_atari(env)
-    if atari:
-        env = NoopReset(env)
-        if env.unwrapped._frameskip == 1 and skip_rate > 1:
-            env = MaxAndSkip(env, skip_rate)
+    if atari and env.unwrapped._frameskip == 1:
+        env = MaxAndSkip(NoopReset(env), skip_rate)
     env = gym.wrappers.TimeLimit(env, max_episode_steps=max_episode_length)
-    if atari and training:
+    if atari:
         env = EpisodicLife(env)
-    if atari and "FIRE" in env.unwrapped.get_action_meanings():
-        env = FireReset(env)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireReset(env)
     env = Preprocess(env, crop_for(env_id, config) if atari else None)
     env = NormalizeObservation(env)
     if training:

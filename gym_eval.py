@@ -1,5 +1,8 @@
 """Evaluate a trained model: play whole games, report real (unclipped) scores, optionally record videos.
 
+Games are played as the classic tool plays them: every life, with the LSTM state zeroed and FIRE
+pressed after each lost life, scored over the whole game.
+
 python gym_eval.py --env PongNoFrameskip-v4 --num-episodes 100 --workers 4 --record videos/ --gif
 """
 
@@ -21,7 +24,15 @@ import torch.multiprocessing as mp
 from agent import Agent, play_game
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
-from utils import Checkpoint, UsageError, check_fits, check_gpus, load_checkpoint, safe_name
+from utils import (
+    Checkpoint,
+    UsageError,
+    check_fits,
+    check_gpus,
+    load_checkpoint,
+    preprocessing_warning,
+    safe_name,
+)
 
 ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
 
@@ -197,6 +208,7 @@ def write_results(cfg: EvalConfig, ckpt: Checkpoint, games: list[dict], summary:
         "env": cfg.env,
         "checkpoint": os.path.abspath(cfg.model_path),
         "trained_frames": ckpt.frames,
+        "preprocessing": ckpt.preprocessing,
         "greedy": not cfg.stochastic,
         "config": asdict(cfg),
         "summary": summary,
@@ -214,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    warning = preprocessing_warning(ckpt, cfg.model_path)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"evaluating {cfg.model_path} ({ckpt.frames:,} frames trained) on {cfg.env}: "
         f"{cfg.num_episodes} games, {'stochastic' if cfg.stochastic else 'greedy'}, {cfg.workers} process(es)"

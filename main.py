@@ -34,6 +34,7 @@ from utils import (
     check_gpus,
     format_duration,
     load_checkpoint,
+    preprocessing_warning,
     save_run,
     setup_logger,
 )
@@ -418,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logger = setup_logger("main", cfg.log_path("_log"))
+    warning = preprocessing_warning(ckpt, resume_path(cfg)) if ckpt else None
+    if warning:
+        logger.warning("warning: %s", warning)
     if not cfg.load:
         keep_previous_checkpoint(cfg, logger)
     cores = os.cpu_count() or 1

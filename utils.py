@@ -1,6 +1,7 @@
 """Shared pieces: run settings, checkpoints, counters, logs, metrics and training-curve plots.
 
-`python utils.py plot logs/<env>_metrics.csv [more.csv ...] [-o out.png]` redraws curves.
+`python utils.py plot logs/<env>_metrics.csv [more.csv ...] [-o out.png]` redraws curves;
+`python utils.py export trained_models/<env>.dat classic.dat` writes the weights for rl_a3c_pytorch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from pickle import UnpicklingError
 import torch
 
 CHECKPOINT_FORMAT = 1
+# The frame pipeline of environment.make_env that checkpoints record: rl_a3c_pytorch's, step for step.
+# Change it whenever that pipeline changes, so that a model is never silently played on other frames.
+PREPROCESSING = "rl_a3c_pytorch"
 
 
 class UsageError(Exception):
@@ -108,6 +112,7 @@ class Checkpoint:
     updates: int = 0
     best_score: float | None = None
     args: dict = field(default_factory=dict)
+    preprocessing: str | None = None  # None: saved before checkpoints recorded it
 
     @property
     def hidden_size(self) -> int:
@@ -119,11 +124,15 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
-    """Write atomically (temp file, fsync, rename): a failed or interrupted save leaves the old file intact."""
+    """Write a checkpoint atomically: a failed or interrupted save leaves the old file intact."""
+    atomic_save({"format": CHECKPOINT_FORMAT, **asdict(ckpt)}, path)
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save through a temp file, fsync and rename."""
     directory = os.path.dirname(os.path.abspath(path))
-    payload = {"format": CHECKPOINT_FORMAT, **asdict(ckpt)}
     buffer = io.BytesIO()
-    torch.save(payload, buffer)  # serialise first: a failing disk then raises a plain OSError below
+    torch.save(obj, buffer)  # serialise first: a failing disk then raises a plain OSError below
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dat", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -152,6 +161,7 @@ def save_run(path: str, cfg: Config, model, optimizer, counters: Counters, best_
         updates=counters.updates,
         best_score=best_score,
         args=cfg.to_dict(),
+        preprocessing=PREPROCESSING,
     )
     try:
         save_checkpoint(path, ckpt)
@@ -174,7 +184,7 @@ def load_checkpoint(path: str) -> Checkpoint:
         data.pop("format")
         ckpt = Checkpoint(**data)
     elif isinstance(data, dict) and "conv1.weight" in data:
-        ckpt = Checkpoint(model=dict(data))
+        ckpt = Checkpoint(model=dict(data), preprocessing=PREPROCESSING)
     else:
         raise CheckpointError(f"{path} is not an A3C-LSTM checkpoint: use a file this toolkit or rl_a3c_pytorch saved")
     required = ("conv1.weight", "lstm.weight_hh", "actor_linear.weight", "critic_linear.weight")
@@ -194,6 +204,21 @@ def check_fits(ckpt: Checkpoint, path: str, num_actions: int, hidden_size: int, 
             f"{path} has hidden size {ckpt.hidden_size} but --hidden-size is {hidden_size}: "
             f"pass --hidden-size {ckpt.hidden_size}"
         )
+
+
+def preprocessing_warning(ckpt: Checkpoint, path: str) -> str | None:
+    """One line saying why `ckpt` will play worse here than it did where it was trained, or None."""
+    if ckpt.preprocessing == PREPROCESSING:
+        return None
+    trained = (
+        "the toolkit's preprocessing before it matched rl_a3c_pytorch (max of 2 frames, other resize, no lives)"
+        if ckpt.preprocessing is None
+        else f"preprocessing {ckpt.preprocessing!r}"
+    )
+    return (
+        f"{path} was trained with {trained} and plays here with {PREPROCESSING!r} frames: "
+        "expect lower scores than it had; fine-tune it with main.py --load or retrain"
+    )
 
 
 def check_gpus(gpu_ids) -> None:
@@ -381,6 +406,21 @@ def plot_metrics(paths: list[str], out_png: str, title: str, window: int = 10) -
             os.unlink(tmp)
 
 
+def export_classic(source: str, target: str) -> str:
+    """Write a checkpoint's weights as a bare state_dict, the file rl_a3c_pytorch loads; returns a summary."""
+    ckpt = load_checkpoint(source)
+    if ckpt.preprocessing != PREPROCESSING:
+        raise UsageError(
+            f"{source} was not trained on rl_a3c_pytorch's frames (recorded: {ckpt.preprocessing}), so the classic "
+            "tool would play it on other frames: fine-tune it with main.py --load first"
+        )
+    try:
+        atomic_save(ckpt.model, target)
+    except OSError as e:
+        raise UsageError(f"cannot write {target} ({e.strerror}): choose a writable path") from None
+    return f"wrote {target}: weights of {source} ({ckpt.frames:,} frames trained), the classic layout"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="utils.py", description="Toolkit utilities.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -389,7 +429,17 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("-o", "--output", help="PNG to write (default: beside the first file, .png)")
     plot.add_argument("--window", type=int, default=10, help="moving-average window in games")
     plot.add_argument("--title", help="figure title (default: the run names)")
+    export = sub.add_parser("export", help="write a checkpoint's weights as a bare state_dict for rl_a3c_pytorch")
+    export.add_argument("checkpoint", help="a checkpoint this toolkit saved")
+    export.add_argument("output", help="the .dat file to write")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        try:
+            print(export_classic(args.checkpoint, args.output))
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     missing = [p for p in args.metrics if not os.path.isfile(p)]
     if missing:
         print(f"error: no metrics file at {missing[0]}: train first or pass logs/<env>_metrics.csv", file=sys.stderr)

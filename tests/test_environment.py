@@ -27,21 +27,126 @@ def test_noop_reset_starts_after_1_to_30_noops():
     assert len(starts) > 3
 
 
-def test_max_and_skip_repeats_action_and_max_pools_last_two_frames():
-    raw = gym.make("BreakoutNoFrameskip-v4")
-    skipped = E.MaxAndSkip(gym.make("BreakoutNoFrameskip-v4"), skip=4)
-    raw.reset(seed=3)
-    skipped.reset(seed=3)
-    for action in [1, 2, 3, 0, 2, 2, 3]:
-        frames, total = [], 0.0
-        for _ in range(4):
-            obs, reward, *_ = raw.step(action)
-            frames.append(obs)
-            total += reward
-        obs, reward, *_ = skipped.step(action)
-        np.testing.assert_array_equal(obs, np.maximum(frames[-2], frames[-1]))
-        assert reward == total
-    assert skipped.unwrapped.ale.getEpisodeFrameNumber() == 7 * 4
+class Tap(gym.Wrapper):
+    """Records every raw screen and action the ALE produces, and the lives left after each, under the
+    toolkit's wrappers."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.events = []  # ("reset", frame, None) or ("step", frame, action)
+        self.lives = []
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.events.append(("reset", obs.copy(), None))
+        self.lives.append(self.unwrapped.ale.lives())
+        return obs, info
+
+    def step(self, action):
+        obs, *rest = self.env.step(action)
+        self.events.append(("step", obs.copy(), int(action)))
+        self.lives.append(self.unwrapped.ale.lives())
+        return (obs, *rest)
+
+
+def tapped_make_env(monkeypatch, env_id, **kwargs):
+    """make_env with a Tap right above the raw ALE env; returns (env, tap)."""
+    taps = []
+    make_base = E._make_base
+
+    def make_tapped(env_id, render_mode):
+        taps.append(Tap(make_base(env_id, render_mode)))
+        return taps[-1]
+
+    monkeypatch.setattr(E, "_make_base", make_tapped)
+    env = E.make_env(env_id, **kwargs)
+    return env, taps[0]
+
+
+def pooled_by_hand(events):
+    """The classic pooling from the raw screens alone: the max of the last three frames since the last reset,
+    where the no-op start counts as one frame (its last) and FIRE and play frames all count."""
+    history, starting = [], False
+    for kind, frame, action in events:
+        if kind == "reset":
+            history, starting = [frame], True
+        elif starting and action == 0:
+            history = [frame]  # a no-op of the no-op start
+        else:
+            starting = False
+            history.append(frame)
+    return np.max(np.stack(history[-3:]), axis=0)
+
+
+def frame_by_hand(rgb, crop):
+    """Crop, 2x2 area average of the 8-bit RGB crop rounded half up, then 0.2989 R + 0.587 G + 0.114 B."""
+    crop_rgb = rgb[crop["crop1"] : crop["crop2"] + 160, :160].astype(np.int64)
+    assert crop_rgb.shape == (160, 160, 3), "by hand needs an exact 2x downscale"
+    small = (crop_rgb.reshape(80, 2, 80, 2, 3).sum(axis=(1, 3)) + 2) // 4
+    return small[..., 0] * 0.2989 + small[..., 1] * 0.587 + small[..., 2] * 0.114
+
+
+class NormalizedByHand:
+    """The running normalisation: bias-corrected exponential means of frame means and stds, alpha 0.9999."""
+
+    def __init__(self):
+        self.mean = self.std = 0.0
+        self.count = 0
+
+    def __call__(self, frame):
+        self.count += 1
+        self.mean = 0.9999 * self.mean + 0.0001 * frame.mean()
+        self.std = 0.9999 * self.std + 0.0001 * frame.std()
+        correction = 1 - 0.9999**self.count
+        return (frame - self.mean / correction) / (self.std / correction + 1e-8)
+
+
+@pytest.mark.parametrize("env_id, skip, steps", [("PongNoFrameskip-v4", 4, 120), ("BreakoutNoFrameskip-v4", 2, 1500)])
+def test_frames_equal_the_classic_pipeline_computed_by_hand(monkeypatch, env_id, skip, steps):
+    """Every observation, after resets, lost lives and across step boundaries (skip 2 keeps a frame of the
+    previous step in the max), equals the classic pipeline applied by hand to the raw ALE screens."""
+    env, tap = tapped_make_env(monkeypatch, env_id, skip_rate=skip, training=False)
+    crop = E.crop_for(env_id, E.load_env_config("config.json"))
+    normalize = NormalizedByHand()
+    rng = np.random.default_rng(0)
+
+    def check(obs):
+        expected = normalize(frame_by_hand(pooled_by_hand(tap.events), crop))
+        assert obs.shape == (1, 80, 80) and obs.dtype == np.float32
+        np.testing.assert_allclose(obs[0], expected, rtol=1e-4, atol=1e-4)
+
+    obs, _ = env.reset(seed=3)
+    check(obs)
+    games = lives_lost = 0
+    for _ in range(steps):
+        obs, _, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        check(obs)
+        if terminated or truncated:
+            games += info["game_over"]
+            lives_lost += not info["game_over"]
+            obs, _ = env.reset()
+            check(obs)
+    assert sum(kind == "reset" for kind, _, _ in tap.events) == games + 1
+    if env_id.startswith("Breakout"):
+        assert games >= 1 and lives_lost >= 4, "the walk must cross lost lives and a real reset"
+
+
+@pytest.mark.parametrize("skip", [1, 2])
+def test_max_of_three_frames_is_kept_across_agent_steps(skip):
+    """An observation is the max of the last three raw frames, whichever agent steps they came from; a reset
+    starts the history again from its own frame (with skip 1, the first step's max is that frame's and one more)."""
+    tap = Tap(gym.make("BreakoutNoFrameskip-v4"))
+    env = E.MaxAndSkip(tap, skip=skip)
+    for seed in (1, 2):
+        env.reset(seed=seed)
+        start = len(tap.events) - 1
+        assert tap.events[start][0] == "reset"
+        for action in [1, 2, 3, 0, 2, 2, 3, 1]:
+            before = len(tap.events)
+            obs, *_ = env.step(action)
+            assert [a for _, _, a in tap.events[before:]] == [action] * skip
+            frames = [frame for _, frame, _ in tap.events[start:]]
+            np.testing.assert_array_equal(obs, np.max(np.stack(frames[-3:]), axis=0))
 
 
 def test_lost_life_ends_training_episode_but_not_the_game():
@@ -68,15 +173,11 @@ def test_lost_life_ends_training_episode_but_not_the_game():
     assert ale.lives() == 5 and ale.getEpisodeFrameNumber() < 200
 
 
-def test_evaluation_episode_is_a_whole_game():
-    env = E.make_env("BreakoutNoFrameskip-v4", training=False)
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    while True:
-        _, _, terminated, truncated, _ = env.step(int(rng.integers(4)))
-        if terminated or truncated:
-            break
-    assert env.unwrapped.ale.lives() == 0
+def test_evaluation_plays_with_the_same_life_semantics_as_training():
+    """As in the classic tool, a lost life ends the episode in evaluation too; only the clipping differs."""
+    train, play = E.make_env("BreakoutNoFrameskip-v4"), E.make_env("BreakoutNoFrameskip-v4", training=False)
+    assert wrappers(train)[1:] == wrappers(play)
+    assert wrappers(train)[0] == "ClipReward" and "EpisodicLife" in wrappers(play)
 
 
 def test_fire_reset_launches_the_ball():
@@ -121,7 +222,7 @@ def test_deterministic_ids_are_the_classic_definition():
     assert env.unwrapped._frameskip == 4
     assert ale.getFloat("repeat_action_probability") == 0.0
     assert env.action_space.n == 6
-    assert "MaxAndSkip" not in wrappers(env)
+    assert "MaxAndSkip" not in wrappers(env) and "NoopReset" not in wrappers(env)
     assert E.frames_per_step(env) == 4
 
 
@@ -131,7 +232,7 @@ def test_noframeskip_ids_get_skip_rate_and_frame_count():
     assert E.frames_per_step(E.make_env("ALE/Pong-v5")) == 4
 
 
-def test_preprocess_crops_by_config_then_grays_and_resizes():
+def test_preprocess_crops_by_config_then_resizes_and_grays():
     config = E.load_env_config("config.json")
     assert E.crop_for("PongNoFrameskip-v4", config) == config["Pong"]
     assert E.crop_for("ALE/SpaceInvaders-v5", config) == config["SpaceInvaders"]
@@ -142,8 +243,10 @@ def test_preprocess_crops_by_config_then_grays_and_resizes():
     frame = wrapper.observation(raw)
     assert frame.shape == (1, 80, 80) and frame.dtype == np.float32
     assert frame.max() == 0.0
-    raw[100:110, 70:90] = 255
-    assert wrapper.observation(raw).max() > 0.5
+    raw[100:110, 70:90] = (200, 100, 50)
+    raw[101, 71] = (7, 9, 250)
+    np.testing.assert_allclose(wrapper.observation(raw)[0], frame_by_hand(raw, config["Pong"]), rtol=1e-6)
+    assert wrapper.observation(raw).max() == pytest.approx(0.2989 * 200 + 0.587 * 100 + 0.114 * 50)
 
 
 def test_truncation_at_max_episode_length():

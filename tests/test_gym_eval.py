@@ -9,7 +9,7 @@ from PIL import Image
 
 from model import A3Clstm
 from tests.helpers import run_cli
-from utils import load_checkpoint
+from utils import PREPROCESSING, load_checkpoint
 
 PONG = "PongNoFrameskip-v4"
 
@@ -62,6 +62,24 @@ def test_bare_classic_state_dict_evaluates(tmp_path):
     result = evaluate("--load-model-dir", tmp_path, "--num-episodes", 1, "--results", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "r.json").read_text())["trained_frames"] == 0
+
+
+def test_checkpoint_of_another_preprocessing_is_scored_with_one_warning_line(trained, tmp_path):
+    current = evaluate("--model", trained["model"], "--num-episodes", 1, "--results", tmp_path / "now.json")
+    assert current.returncode == 0 and "warning" not in current.stderr
+    assert json.loads((tmp_path / "now.json").read_text())["preprocessing"] == PREPROCESSING
+    for recorded, words in ((None, "before it matched rl_a3c_pytorch"), ("my-own", "preprocessing 'my-own'")):
+        saved = torch.load(trained["model"], weights_only=True)
+        saved["preprocessing"] = recorded
+        if recorded is None:
+            del saved["preprocessing"]
+        old = tmp_path / "old.dat"
+        torch.save(saved, old)
+        result = evaluate("--model", old, "--num-episodes", 1, "--results", tmp_path / "old.json")
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("warning:") and words in lines[0], result.stderr
+        assert json.loads((tmp_path / "old.json").read_text())["preprocessing"] == recorded
 
 
 def test_records_mp4_and_gif(trained, tmp_path):

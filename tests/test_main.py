@@ -5,9 +5,10 @@ import signal
 import time
 
 import pytest
+import torch
 
 from tests.helpers import alive, descendants, run_cli, start_cli, wait_for
-from utils import load_checkpoint
+from utils import PREPROCESSING, load_checkpoint
 
 PONG = "PongNoFrameskip-v4"
 
@@ -50,13 +51,29 @@ def test_max_steps_stops_by_itself_and_load_continues_the_counters(run_dirs):
     path = str(run_dirs["models"] / f"{PONG}.dat")
     before = load_checkpoint(path)
     assert before.frames >= 3000 and before.optimizer is not None
+    assert before.preprocessing == PREPROCESSING
     second = run_cli("main.py", *common, "--load", "--max-steps", before.frames + 3000, timeout=180)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"resumed from {before.frames:,} frames" in second.stdout
+    assert "warning" not in second.stdout
     after = load_checkpoint(path)
     assert after.frames >= before.frames + 3000 and after.updates > before.updates
     step = lambda c: float(next(iter(c.optimizer["state"].values()))["step"])  # noqa: E731
     assert step(after) > step(before), "optimizer statistics continue too"
+
+
+def test_resuming_a_checkpoint_of_the_earlier_preprocessing_warns_once(run_dirs):
+    common = ["--env", PONG, "--workers", 1, *run_dirs["flags"]]
+    assert run_cli("main.py", *common, "--max-steps", 1000, timeout=180).returncode == 0
+    path = run_dirs["models"] / f"{PONG}.dat"
+    saved = torch.load(path, weights_only=True)
+    del saved["preprocessing"]  # as the toolkit saved them before it recorded the preprocessing
+    torch.save(saved, path)
+    resumed = run_cli("main.py", *common, "--load", "--max-steps", 2000, timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    warnings = [line for line in resumed.stdout.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "before it matched rl_a3c_pytorch" in warnings[0]
+    assert load_checkpoint(str(path)).preprocessing == PREPROCESSING, "the run continues on the classic frames"
 
 
 def test_pipeline_learns_a_memory_task(run_dirs):

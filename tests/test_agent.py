@@ -1,0 +1,50 @@
+"""Whole games as the classic tool plays them: every life, FIRE after each lost life, the LSTM state zeroed."""
+
+import torch
+
+import environment as E
+from agent import Agent, play_game
+from model import A3Clstm
+from tests.test_environment import tapped_make_env
+
+CPU = torch.device("cpu")
+MAX_STEPS = 10000
+
+
+def noop_model(num_actions, hidden_size=32):
+    """A greedy policy that always chooses NOOP: it never presses FIRE itself."""
+    torch.manual_seed(0)
+    model = A3Clstm(1, num_actions, hidden_size)
+    with torch.no_grad():
+        model.actor_linear.weight.zero_()
+        model.actor_linear.bias.copy_(torch.eye(num_actions)[0])
+    return model.eval()
+
+
+def test_breakout_game_presses_fire_after_each_lost_life_and_ends_at_game_over(monkeypatch):
+    env, tap = tapped_make_env(monkeypatch, "BreakoutNoFrameskip-v4", training=False, max_episode_length=MAX_STEPS)
+    agent = Agent(noop_model(env.action_space.n), [env], CPU, seed=4)
+    assert env.unwrapped.ale.lives() == 5
+    reward, length, info = play_game(agent)
+    assert info["game_over"] and info["lives"] == 0
+    assert length < MAX_STEPS / 5, "a game that stands still runs into the step limit"
+    game_over = max(i for i, (kind, _, _) in enumerate(tap.events) if kind == "reset")  # the next game's reset
+    events = tap.events[:game_over]
+    fire_frames = [i for i, (kind, _, action) in enumerate(events) if kind == "step" and action == 1]
+    assert len(fire_frames) == 5 * 4, "FIRE for one agent step (4 frames) at the start and after each of 4 lost lives"
+    assert sorted({tap.lives[i - 1] for i in fire_frames}, reverse=True) == [5, 4, 3, 2, 1]
+    assert reward >= 0
+
+
+def test_lstm_state_is_zeroed_at_each_lost_life_in_evaluation():
+    env = E.make_env("BreakoutNoFrameskip-v4", training=False, max_episode_length=MAX_STEPS)
+    model = noop_model(env.action_space.n)
+    agent = Agent(model, [env], CPU, seed=4)
+    state_norms, lives = [], [env.unwrapped.ale.lives()]
+    model.lstm.register_forward_pre_hook(lambda _m, args: state_norms.append(float(args[1][0].abs().sum())))
+    reward, length, info = play_game(agent, on_step=lambda: lives.append(env.unwrapped.ale.lives()))
+    assert info["game_over"] and len(state_norms) == length
+    lost = [step for step in range(1, length) if lives[step] < lives[step - 1]]
+    assert len(lost) == 4
+    zeroed = [step for step in range(length) if state_norms[step] == 0.0]
+    assert zeroed == [0, *lost], "the LSTM starts from zero at the game's start and after each lost life, only there"
