@@ -24,3 +24,39 @@ def test_bench_rejects_a_bad_duration_in_one_line():
     result = run_cli("bench.py", "--duration", 0)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--duration" in result.stderr
+
+
+def test_time_to_score_runs_real_training_per_seed_and_reports_time_and_frames(tmp_path):
+    out = tmp_path / "to_score.json"
+    args = ("--env", "tests.pixel_envs:Cue-v0", "--workers", 1, "--to-score", 0, "--window", 2, "--seeds", 3, 4)
+    result = run_cli(
+        "bench.py",
+        *args,
+        "--max-time",
+        120,
+        "--train-args",
+        "--test-interval 0",
+        "--runs-dir",
+        tmp_path,
+        "--json",
+        out,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mean(2) >= 0: median" in result.stdout and "2 of 2 runs" in result.stdout
+    data = json.loads(out.read_text())
+    assert [run["seed"] for run in data["runs"]] == [3, 4]
+    for run in data["runs"]:
+        assert run["exit_code"] == 0 and run["games"] >= 2
+        assert run["mean"]["games"] == 2 and 0 < run["first_game"]["seconds"] <= run["mean"]["seconds"] < 120
+        assert run["mean"]["frames"] > 0
+    assert data["summary"]["mean"]["frames"]["runs"] == 2
+
+
+def test_time_to_score_that_is_not_reached_says_so(tmp_path):
+    args = ("--env", "tests.pixel_envs:Cue-v0", "--workers", 1, "--to-score", 1000, "--max-time", 6)
+    result = run_cli("bench.py", *args, "--runs-dir", tmp_path, "--json", tmp_path / "o.json", timeout=200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mean(5) >= 1000: reached by no run" in result.stdout
+    run = json.loads((tmp_path / "o.json").read_text())["runs"][0]
+    assert run["mean"] is None and run["first_game"] is None
