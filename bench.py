@@ -34,12 +34,13 @@ from dataclasses import replace
 import torch
 import torch.multiprocessing as mp
 
-from agent import Agent
-from environment import describe_env, make_env_for
-from model import A3Clstm
-from shared_optim import make_optimizer
-from train import SharedLink, apply_update, build_model, collect_rollout, rollout_losses, train_worker
-from utils import Config, Counters, StopFlag, UsageError, check_gpus, read_metrics, safe_name
+from environment import describe_env
+from launcher import build_run
+from metrics import read_metrics
+from settings import Config, check_gpus
+from shared import Counters
+from train import Worker, train_worker
+from utils import UsageError, safe_name
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -65,15 +66,11 @@ def wait_for_first_updates(workers: list, counters: Counters, timeout: float = 3
 def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> dict:
     """Start cfg.workers real training workers; count frames and updates over `duration` after `warmup`."""
     ctx = mp.get_context("spawn")
-    model = A3Clstm(1, num_actions, cfg.hidden_size).share_memory()
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.amsgrad)
-    counters, stop = Counters(cfg.workers), StopFlag()
-    workers = [
-        ctx.Process(target=train_worker, args=(rank, cfg, model, optimizer, counters, stop, os.getpid()), daemon=True)
-        for rank in range(cfg.workers)
-    ]
+    run = build_run(cfg, num_actions, None, logger=None)
+    workers = [ctx.Process(target=train_worker, args=(rank, run), daemon=True) for rank in range(cfg.workers)]
     for worker in workers:
         worker.start()
+    counters = run.counters
     try:
         wait_for_first_updates(workers, counters)
         time.sleep(warmup)
@@ -82,7 +79,7 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
         frames1, updates1, t1 = counters.table[0].clone(), counters.updates, time.time()
         peaks = [peak_rss_mb(w.pid) for w in workers]
     finally:
-        stop.set()
+        run.stop.set()
         for worker in workers:
             worker.join(20)
             if worker.is_alive():
@@ -97,33 +94,35 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
     }
 
 
+class PhaseClock:
+    """The `lap` hook of Worker.update: adds the time since the previous lap to the phase that just ended."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(Worker.PHASES, 0.0)
+        self.counting = False
+        self.last = time.perf_counter()
+
+    def start(self, counting: bool) -> None:
+        self.counting, self.last = counting, time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.counting:
+            self.totals[phase] += now - self.last
+        self.last = now
+
+
 def phase_times(cfg: Config, num_actions: int, updates: int) -> dict:
-    """One worker's loop in this process on one thread: mean ms per agent step in each phase."""
+    """The worker's own loop (train.Worker) in this process on one thread: mean ms per agent step in each phase."""
     torch.set_num_threads(1)
-    device = cfg.device_for(0)
-    shared = A3Clstm(1, num_actions, cfg.hidden_size).share_memory()
-    optimizer = make_optimizer(cfg.optimizer, shared.parameters(), cfg.lr, cfg.amsgrad)
-    model = build_model(num_actions, cfg, device)
-    link = SharedLink(shared, model, device)
-    agent = Agent(model, [make_env_for(cfg) for _ in range(cfg.envs_per_worker)], device, seed=cfg.seed)
-    totals = dict.fromkeys(("pull weights", "act + env", "losses", "backward + optimizer"), 0.0)
-    warmup = 5
+    worker = Worker(0, build_run(cfg, num_actions, None, logger=None))
+    clock, warmup = PhaseClock(), 5
     for update in range(warmup + updates):
-        marks = [time.perf_counter()]
-        link.pull()
-        marks.append(time.perf_counter())
-        rollout = collect_rollout(agent, cfg.num_steps, cfg.gamma, cfg.textbook, cfg.bf16)
-        marks.append(time.perf_counter())
-        losses = rollout_losses(model, rollout, cfg)
-        marks.append(time.perf_counter())
-        apply_update(model, link, optimizer, losses.total, cfg.max_grad_norm)
-        marks.append(time.perf_counter())
-        if update >= warmup:
-            for name, start, end in zip(totals, marks, marks[1:]):
-                totals[name] += end - start
-    agent.close()
-    steps = updates * cfg.num_steps
-    return {name: seconds / steps * 1000 for name, seconds in totals.items()}
+        clock.start(counting=update >= warmup)
+        worker.update(clock)
+    worker.close()
+    steps = updates * worker.steps
+    return {name: seconds / steps * 1000 for name, seconds in clock.totals.items()}
 
 
 def print_phases(variants: dict, num_actions: int, updates: int) -> dict:

@@ -9,53 +9,15 @@ python gym_eval.py --env PongNoFrameskip-v4 --num-episodes 100 --workers 4 --rec
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-import cv2
-import numpy as np
-import torch
-import torch.multiprocessing as mp
-
-from agent import Agent, play_game
-from environment import describe_env, frames_per_step, is_atari, make_env_for
-from model import A3Clstm
-from utils import (
-    Checkpoint,
-    UsageError,
-    check_fits,
-    check_gpus,
-    load_checkpoint,
-    preprocessing_warning,
-    safe_name,
-)
-
-ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    env: str
-    env_config: str
-    num_episodes: int
-    model_path: str
-    results: str
-    seed: int
-    hidden_size: int
-    skip_rate: int
-    max_episode_length: int
-    stochastic: bool
-    device: str
-    workers: int
-    render: bool
-    render_freq: int
-    record: str | None
-    gif: bool
-    record_every: int
+from api import evaluate
+from checkpoint import Checkpoint, preprocessing_warning
+from evaluation import EvalConfig
+from utils import UsageError, safe_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,38 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: list[str] | None) -> tuple[EvalConfig, Checkpoint]:
+def parse_config(argv: list[str] | None) -> EvalConfig:
     args = build_parser().parse_args(argv)
-    for name in ("num_episodes", "workers", "render_freq", "record_every", "max_episode_length"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.gif and not args.record:
-        raise UsageError("--gif needs --record DIR")
-    if args.render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise UsageError("--render needs a display and none is set (DISPLAY): use --record DIR to save videos instead")
-    check_gpus([args.gpu_id])
-    path = args.model or os.path.join(args.load_model_dir, f"{safe_name(args.env)}.dat")
-    ckpt = load_checkpoint(path)
-    num_actions = describe_env(args.env, args.env_config)
-    hidden_size = args.hidden_size or ckpt.hidden_size
-    check_fits(ckpt, path, num_actions, hidden_size, args.env)
-    if args.record:
-        try:
-            os.makedirs(args.record, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"--record {args.record} cannot be created ({e.strerror})") from None
-    cfg = EvalConfig(
+    return EvalConfig(
         env=args.env,
+        model_path=args.model or os.path.join(args.load_model_dir, f"{safe_name(args.env)}.dat"),
         env_config=args.env_config,
         num_episodes=args.num_episodes,
-        model_path=path,
         results=args.results or os.path.join(args.log_dir, f"{safe_name(args.env)}_eval.json"),
         seed=args.seed,
-        hidden_size=hidden_size,
-        skip_rate=args.skip_rate or ckpt.args.get("skip_rate", 4),
+        hidden_size=args.hidden_size,
+        skip_rate=args.skip_rate,
         max_episode_length=args.max_episode_length,
         stochastic=args.stochastic,
-        device="cpu" if args.gpu_id < 0 else f"cuda:{args.gpu_id}",
+        gpu_id=args.gpu_id,
         workers=args.workers,
         render=args.render,
         render_freq=args.render_freq,
@@ -124,108 +68,18 @@ def parse_config(argv: list[str] | None) -> tuple[EvalConfig, Checkpoint]:
         gif=args.gif,
         record_every=args.record_every,
     )
-    return cfg, ckpt
 
 
-# The model each evaluation process plays with, loaded once per process by load_player.
-_player: dict = {}
+def print_game(game: dict, games: list[dict], episodes: int) -> None:
+    mean = statistics.fmean(g["reward"] for g in games)
+    print(
+        f"game {game['game'] + 1}/{episodes}: reward {game['reward']:g}, length {game['length']}, "
+        f"running mean {mean:.2f}",
+        flush=True,
+    )
 
 
-def load_player(cfg: EvalConfig, weights: dict) -> None:
-    torch.set_num_threads(1)
-    device = torch.device(cfg.device)
-    model = A3Clstm(1, weights["actor_linear.weight"].shape[0], cfg.hidden_size)
-    model.load_state_dict(weights)
-    _player.update(cfg=cfg, model=model.to(device).eval(), device=device)
-
-
-def play_one(index: int) -> dict:
-    """Play game `index` with seed cfg.seed + index; a fresh env stack, so the result depends on the seed alone."""
-    cfg, model, device = _player["cfg"], _player["model"], _player["device"]
-    seed = cfg.seed + index
-    recording = cfg.record is not None and index % cfg.record_every == 0
-    render_mode = "human" if cfg.render and index % cfg.render_freq == 0 else "rgb_array" if recording else None
-    env = make_env_for(cfg, training=False, render_mode=render_mode)
-    torch.manual_seed(seed)
-    agent = Agent(model, [env], device, seed=seed)
-    frames = [env.render()] if recording else None
-    on_step = (lambda: frames.append(env.render())) if recording else None
-    reward, length, _ = play_game(agent, greedy=not cfg.stochastic, on_step=on_step)
-    videos = write_videos(cfg, index, frames, env) if recording else []
-    agent.close()
-    return {"game": index, "seed": seed, "reward": reward, "length": length, "videos": videos}
-
-
-def write_videos(cfg: EvalConfig, index: int, frames: list[np.ndarray], env) -> list[str]:
-    """MP4 (and GIF) of the RGB screens the agent saw, timed to play at the game's real speed."""
-    native_fps = ATARI_FPS if is_atari(env) else env.metadata.get("render_fps", 30)
-    fps = native_fps / frames_per_step(env)
-    stem = os.path.join(cfg.record, f"{safe_name(cfg.env)}_game{index:04d}")
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(f"{stem}.mp4", cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    paths = [f"{stem}.mp4"]
-    if cfg.gif:
-        from PIL import Image
-
-        images = [Image.fromarray(frame) for frame in frames]
-        # GIF delays are whole centiseconds: step them so that the clock never drifts from the game's
-        ticks = [round(i * 100 / fps) * 10 for i in range(len(images) + 1)]
-        durations = [b - a for a, b in zip(ticks, ticks[1:])]
-        images[0].save(f"{stem}.gif", save_all=True, append_images=images[1:], duration=durations, loop=0)
-        paths.append(f"{stem}.gif")
-    return paths
-
-
-def play_all(cfg: EvalConfig, weights: dict):
-    """Yield game results in game order, from this process or from a pool of --workers processes."""
-    if cfg.workers == 1:
-        load_player(cfg, weights)
-        yield from map(play_one, range(cfg.num_episodes))
-        return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(cfg.workers, initializer=load_player, initargs=(cfg, weights)) as pool:
-        yield from pool.imap(play_one, range(cfg.num_episodes))
-
-
-def summarize(rewards: list[float], seconds: float) -> dict:
-    return {
-        "games": len(rewards),
-        "mean": statistics.fmean(rewards),
-        "std": statistics.pstdev(rewards),
-        "min": min(rewards),
-        "max": max(rewards),
-        "median": statistics.median(rewards),
-        "wall_time": seconds,
-    }
-
-
-def write_results(cfg: EvalConfig, ckpt: Checkpoint, games: list[dict], summary: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.results)), exist_ok=True)
-    payload = {
-        "env": cfg.env,
-        "checkpoint": os.path.abspath(cfg.model_path),
-        "trained_frames": ckpt.frames,
-        "preprocessing": ckpt.preprocessing,
-        "greedy": not cfg.stochastic,
-        "config": asdict(cfg),
-        "summary": summary,
-        "games": games,
-    }
-    tmp = f"{cfg.results}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, cfg.results)
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, ckpt = parse_config(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def print_start(cfg: EvalConfig, ckpt: Checkpoint) -> None:
     warning = preprocessing_warning(ckpt, cfg.model_path)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -233,23 +87,29 @@ def main(argv: list[str] | None = None) -> int:
         f"evaluating {cfg.model_path} ({ckpt.frames:,} frames trained) on {cfg.env}: "
         f"{cfg.num_episodes} games, {'stochastic' if cfg.stochastic else 'greedy'}, {cfg.workers} process(es)"
     )
-    start = time.time()
-    games: list[dict] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("env", "model_path", "num_episodes")}
     try:
-        for game in play_all(cfg, ckpt.model):
-            games.append(game)
-            mean = statistics.fmean(g["reward"] for g in games)
-            print(
-                f"game {game['game'] + 1}/{cfg.num_episodes}: reward {game['reward']:g}, length {game['length']}, "
-                f"running mean {mean:.2f}",
-                flush=True,
-            )
+        results = evaluate(
+            cfg.model_path,
+            cfg.env,
+            cfg.num_episodes,
+            **settings,
+            on_start=print_start,
+            on_game=lambda game, games: print_game(game, games, cfg.num_episodes),
+        )
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"interrupted after {len(games)} games", file=sys.stderr)
-        if not games:
-            return 130
-    summary = summarize([g["reward"] for g in games], time.time() - start)
-    write_results(cfg, ckpt, games, summary)
+        print("interrupted before the first game ended", file=sys.stderr)
+        return 130
+    summary = results["summary"]
+    if results["interrupted"]:
+        print(f"interrupted after {summary['games']} games", file=sys.stderr)
     print(
         f"{summary['games']} games: mean {summary['mean']:.2f} ± {summary['std']:.2f}, min {summary['min']:g}, "
         f"max {summary['max']:g}, median {summary['median']:g}, wall time {summary['wall_time']:.1f} s"

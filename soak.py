@@ -20,8 +20,9 @@ import sys
 import tempfile
 import time
 
+from checkpoint import load_checkpoint
 from tests.helpers import alive, descendants, title_of
-from utils import load_checkpoint, safe_name
+from utils import safe_name
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

@@ -8,54 +8,39 @@ import sys
 import time
 
 from agent import Agent, play_game
+from checkpoint import save_run
 from environment import make_env_for
-from train import SharedLink, build_model, init_process
-from utils import (
-    Config,
-    Counters,
-    append_metrics,
-    format_duration,
-    plot_metrics,
-    save_run,
-    setup_logger,
-    tensorboard_writer,
-)
+from metrics import append_metrics, plot_metrics, setup_logger, tensorboard_writer
+from shared import RunShared, SharedLink, build_model, init_process
+from utils import format_duration
 
 
-def test_process(
-    cfg: Config,
-    shared_model,
-    optimizer,
-    counters: Counters,
-    results,
-    stop_event,
-    parent_pid: int,
-    best_score: float | None,
-):
+def test_process(run: RunShared, best_score: float | None):
     """Process entry; logs the error before dying so the launcher's restart has a reason on record."""
-    init_process("a3c test", cfg.seed + cfg.workers)
+    init_process("a3c test", run.cfg.seed + run.cfg.workers)
     os.nice(5)  # the workers come first: on a machine with workers = cores the test games yield to them
-    logger = setup_logger("test", cfg.log_path("_log"))
+    logger = setup_logger("test", run.cfg.log_path("_log"))
     try:
-        run_tests(cfg, shared_model, optimizer, counters, results, stop_event, parent_pid, best_score, logger)
+        run_tests(run, best_score, logger)
     except Exception:
         logger.exception("test process died")
         sys.exit(1)
 
 
-def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, parent_pid, best_score, logger):
+def run_tests(run: RunShared, best_score: float | None, logger):
+    cfg, counters = run.cfg, run.counters
     device = cfg.device_for(0)
     env = make_env_for(cfg, training=False)
     model = build_model(env.action_space.n, cfg, device).eval()
     agent = Agent(model, [env], device, seed=cfg.seed + cfg.workers)
-    link = SharedLink(shared_model, model, device)
+    link = SharedLink(run.model, model, device)
     writer = tensorboard_writer(cfg)
     start = time.time()
     rewards: list[float] = []
     best = -math.inf if best_score is None else best_score
 
     def should_stop():
-        return stop_event.is_set() or os.getppid() != parent_pid
+        return run.stop.is_set() or os.getppid() != run.parent_pid
 
     frames_before, time_before = counters.frames, start
     try:
@@ -95,10 +80,10 @@ def run_tests(cfg, shared_model, optimizer, counters, results, stop_event, paren
                 for name in ("reward", "length", "fps"):
                     writer.add_scalar(f"test/{name}", row[name], frames)
             if not cfg.save_max or reward >= best:
-                save_run(cfg.checkpoint_path(), cfg, model, optimizer, counters, max(best, reward), logger)
+                save_run(cfg.checkpoint_path(), cfg, model, run.optimizer, counters, max(best, reward), logger)
             best = max(best, reward)
-            results.put(reward, length)
-            stop_event.wait(cfg.test_interval)
+            run.results.put(reward, length)
+            run.stop.wait(cfg.test_interval)
     finally:
         agent.close()
         if writer is not None:

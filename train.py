@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,9 +14,11 @@ import torch.nn.functional as F
 
 from agent import Agent
 from environment import frames_per_step, make_env_for
+from metrics import setup_logger, tensorboard_writer
 from model import A3Clstm
+from settings import Config
+from shared import RunShared, SharedLink, build_model, init_process
 from shared_optim import make_optimizer
-from utils import Config, Counters, setup_logger, tensorboard_writer
 
 EXIT_NAN = 3
 
@@ -136,37 +137,7 @@ def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config) -> Losses:
     return a3c_loss(logits, values, rollout.actions, returns, advantages, cfg.entropy_coef, cfg.value_coef)
 
 
-# ---------------------------------------------------------------- the shared model link
-
-
-class SharedLink:
-    """Copies shared weights into the worker's model and the worker's gradients into the shared model.
-
-    Gradients are copied into this worker's own CPU buffers (pinned when the model is on a GPU)
-    and handed to the shared parameters on every update. The classic alias-once pattern breaks on
-    torch >= 2.0, where zero_grad() drops the grad tensors the shared model still points at.
-    """
-
-    def __init__(self, shared: A3Clstm, local: A3Clstm, device: torch.device):
-        self.shared = list(shared.parameters())
-        self.local = list(local.parameters())
-        self.device = device
-        self.pin = device.type == "cuda"
-        self.grads: list[torch.Tensor] = []  # allocated on the first push: the test process never pushes
-
-    def pull(self) -> None:
-        with torch.no_grad():
-            for local, shared in zip(self.local, self.shared):
-                local.copy_(shared)
-
-    def push(self) -> None:
-        """From a GPU: all copies queued without waiting, then one wait before the optimizer reads them."""
-        if not self.grads:
-            self.grads = [torch.zeros(p.shape, pin_memory=self.pin) for p in self.shared]
-        for buffer, local, shared in zip(self.grads, self.local, self.shared):
-            shared.grad = None if local.grad is None else buffer.copy_(local.grad, non_blocking=self.pin)
-        if self.pin:
-            torch.cuda.synchronize(self.device)
+# ---------------------------------------------------------------- the update
 
 
 def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor, max_grad_norm: float) -> bool:
@@ -187,66 +158,76 @@ def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor
 # ---------------------------------------------------------------- the worker process
 
 
-def init_process(title: str, seed: int) -> None:
-    """Per-process setup: a name in ps/top, one intra-op thread, Ctrl-C and hang-up left to the launcher, a seed."""
-    from setproctitle import setproctitle
-
-    setproctitle(title)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
-    torch.manual_seed(seed)
-
-
-def build_model(num_actions: int, cfg: Config, device: torch.device) -> A3Clstm:
-    """A process-local model; channels-last makes the convolutions markedly faster on CPUs (same numbers)."""
-    model = A3Clstm(1, num_actions, cfg.hidden_size).to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
-
-
-def train_worker(rank: int, cfg: Config, shared_model, optimizer, counters: Counters, stop_event, parent_pid: int):
+def train_worker(rank: int, run: RunShared):
     """Process entry: run the worker, logging its rank and the error if it dies."""
-    init_process(f"a3c train {rank}", cfg.seed + rank)
-    logger = setup_logger(f"train{rank}", cfg.log_path("_log"))
+    init_process(f"a3c train {rank}", run.cfg.seed + rank)
+    logger = setup_logger(f"train{rank}", run.cfg.log_path("_log"))
     try:
-        sys.exit(run_worker(rank, cfg, shared_model, optimizer, counters, stop_event, parent_pid, logger))
+        sys.exit(run_worker(rank, run, logger))
     except Exception:
         logger.exception("worker %d died", rank)
         sys.exit(1)
 
 
-def run_worker(rank, cfg: Config, shared_model, optimizer, counters, stop_event, parent_pid, logger) -> int:
-    device = cfg.device_for(rank)
-    envs = [make_env_for(cfg) for _ in range(cfg.envs_per_worker)]
-    model = build_model(envs[0].action_space.n, cfg, device)
-    if optimizer is None:
-        optimizer = make_optimizer(cfg.optimizer, shared_model.parameters(), cfg.lr, cfg.amsgrad, shared=False)
-    link = SharedLink(shared_model, model, device)
-    agent = Agent(model, envs, device, seed=cfg.seed + rank * cfg.envs_per_worker)
-    steps = cfg.steps_for(rank)
-    frames_per_rollout = round(steps * len(envs) * frames_per_step(envs[0]))
+class Worker:
+    """One worker's envs, model, agent and link to the shared model; `update` is one turn of its loop."""
+
+    PHASES = ("pull weights", "act + env", "losses", "backward + optimizer")
+
+    def __init__(self, rank: int, run: RunShared):
+        cfg = self.cfg = run.cfg
+        self.rank, self.run = rank, run
+        self.device = cfg.device_for(rank)
+        envs = [make_env_for(cfg) for _ in range(cfg.envs_per_worker)]
+        self.model = build_model(envs[0].action_space.n, cfg, self.device)
+        self.optimizer = run.optimizer or make_optimizer(
+            cfg.optimizer, run.model.parameters(), cfg.lr, cfg.amsgrad, shared=False
+        )
+        self.link = SharedLink(run.model, self.model, self.device)
+        self.agent = Agent(self.model, envs, self.device, seed=cfg.seed + rank * cfg.envs_per_worker)
+        self.steps = cfg.steps_for(rank)
+        self.frames_per_rollout = round(self.steps * len(envs) * frames_per_step(envs[0]))
+
+    def update(self, lap=lambda phase: None) -> tuple[bool, Losses]:
+        """Pull the weights, play a rollout, push its gradients; whether the update was finite, and its losses.
+        `lap(phase)` is called as each phase of Worker.PHASES ends (bench.py times them with it)."""
+        cfg = self.cfg
+        self.link.pull()
+        lap(self.PHASES[0])
+        rollout = collect_rollout(self.agent, self.steps, cfg.gamma, cfg.textbook, cfg.bf16)
+        lap(self.PHASES[1])
+        losses = rollout_losses(self.model, rollout, cfg)
+        lap(self.PHASES[2])
+        applied = apply_update(self.model, self.link, self.optimizer, losses.total, cfg.max_grad_norm)
+        lap(self.PHASES[3])
+        return applied, losses
+
+    def close(self) -> None:
+        self.agent.close()
+
+
+def run_worker(rank: int, run: RunShared, logger) -> int:
+    cfg, counters = run.cfg, run.counters
+    worker = Worker(rank, run)
     bad_in_a_row = 0
     writer = tensorboard_writer(cfg) if rank == 0 else None
     try:
-        while not stop_event.is_set() and os.getppid() == parent_pid:
-            link.pull()
-            rollout = collect_rollout(agent, steps, cfg.gamma, cfg.textbook, cfg.bf16)
-            losses = rollout_losses(model, rollout, cfg)
-            if apply_update(model, link, optimizer, losses.total, cfg.max_grad_norm):
+        while not run.stop.is_set() and os.getppid() == run.parent_pid:
+            applied, losses = worker.update()
+            if applied:
                 bad_in_a_row = 0
-                counters.add(rank, frames_per_rollout, updates=1)
+                counters.add(rank, worker.frames_per_rollout, updates=1)
                 if writer is not None and int(counters.table[1, rank]) % 10 == 0:
                     for name, value in losses._asdict().items():
                         writer.add_scalar(f"train/{name}", float(value), counters.frames)
                 continue
             bad_in_a_row += 1
-            counters.add(rank, frames_per_rollout, dropped=1)
+            counters.add(rank, worker.frames_per_rollout, dropped=1)
             if bad_in_a_row >= cfg.max_nan_updates:
                 logger.error("worker %d: %d non-finite updates in a row, stopping", rank, bad_in_a_row)
                 return EXIT_NAN
     finally:
-        agent.close()
+        worker.close()
         if writer is not None:
             writer.close()
     return 0

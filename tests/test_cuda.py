@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from model import A3Clstm
+from shared import SharedLink
 from tests.helpers import run_cli
-from train import SharedLink, apply_update
-from utils import load_checkpoint
+from train import apply_update
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

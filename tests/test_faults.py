@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
+from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tests.helpers import ROOT, alive, descendants, find_titled, run_cli, start_cli, wait_for
-from utils import Checkpoint, load_checkpoint, save_checkpoint
 
 CUE = "tests.pixel_envs:Cue-v0"
 
@@ -125,7 +125,7 @@ def test_interrupted_save_leaves_the_last_good_checkpoint(tmp_path):
     before = path.read_bytes()
     script = (
         "import resource, signal, sys, torch\n"
-        "from utils import Checkpoint, save_checkpoint\n"
+        "from checkpoint import Checkpoint, save_checkpoint\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
         "try:\n"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from checkpoint import PREPROCESSING, load_checkpoint
 from model import A3Clstm
 from tests.helpers import run_cli
-from utils import PREPROCESSING, load_checkpoint
 
 PONG = "PongNoFrameskip-v4"
 
@@ -164,9 +164,9 @@ def test_training_draws_curves_and_plot_command_overlays_runs(trained, tmp_path)
     second = tmp_path / "other_metrics.csv"
     second.write_text(trained["metrics"].read_text())
     out = tmp_path / "compare.png"
-    result = run_cli("utils.py", "plot", trained["metrics"], second, "-o", out)
+    result = run_cli("metrics.py", "plot", trained["metrics"], second, "-o", out)
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size[0] > 800
-    missing = run_cli("utils.py", "plot", tmp_path / "nope.csv")
+    missing = run_cli("metrics.py", "plot", tmp_path / "nope.csv")
     assert missing.returncode == 2 and "no metrics file" in missing.stderr

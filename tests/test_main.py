@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
+from checkpoint import PREPROCESSING, load_checkpoint
 from tests.helpers import alive, descendants, run_cli, start_cli, wait_for
-from utils import PREPROCESSING, load_checkpoint
 
 PONG = "PongNoFrameskip-v4"
 

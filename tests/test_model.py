@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoint import load_checkpoint
 from model import A3Clstm
-from utils import load_checkpoint
 
 CLASSIC_KEYS = {
     f"{layer}.{kind}"

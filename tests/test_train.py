@@ -5,8 +5,9 @@ import torch
 from agent import Agent
 from environment import make_env
 from model import A3Clstm
-from train import SharedLink, apply_update, collect_rollout, rollout_losses
-from utils import Config
+from settings import Config
+from shared import SharedLink
+from train import apply_update, collect_rollout, rollout_losses
 
 CPU = torch.device("cpu")
 

@@ -4,9 +4,11 @@ import time
 
 import torch
 
+from checkpoint import PREPROCESSING, Checkpoint, save_checkpoint
+from metrics import moving_average
 from model import A3Clstm
+from shared import Counters, GameResults, StopFlag
 from tests.helpers import run_cli
-from utils import PREPROCESSING, Checkpoint, Counters, GameResults, StopFlag, moving_average, save_checkpoint
 
 
 def test_test_results_ring_buffer_keeps_order_and_drops_only_what_overflowed():
@@ -46,13 +48,13 @@ def test_export_writes_a_bare_state_dict_the_classic_tool_loads(tmp_path):
     model = A3Clstm(1, 6)
     source = tmp_path / "run.dat"
     save_checkpoint(str(source), Checkpoint(model=model.state_dict(), frames=5, preprocessing=PREPROCESSING))
-    result = run_cli("utils.py", "export", source, tmp_path / "classic.dat")
+    result = run_cli("checkpoint.py", "export", source, tmp_path / "classic.dat")
     assert result.returncode == 0, result.stderr
     bare = torch.load(tmp_path / "classic.dat", weights_only=True)
     assert set(bare) == set(model.state_dict())
     A3Clstm(1, 6).load_state_dict(bare)
     old = tmp_path / "old.dat"
     save_checkpoint(str(old), Checkpoint(model=model.state_dict()))
-    refused = run_cli("utils.py", "export", old, tmp_path / "x.dat")
+    refused = run_cli("checkpoint.py", "export", old, tmp_path / "x.dat")
     assert refused.returncode == 2 and "not trained on rl_a3c_pytorch's frames" in refused.stderr
     assert not (tmp_path / "x.dat").exists()

@@ -1,0 +1,134 @@
+"""The toolkit from Python: the very code the command lines run, as functions.
+
+    from api import train, evaluate, load_agent
+    from settings import Config
+
+    run = train(Config(env="PongNoFrameskip-v4", workers=2, max_time=600))
+    results = evaluate(run.checkpoint, "PongNoFrameskip-v4", episodes=10)
+    player = load_agent(run.checkpoint)
+    game = player.play(record=True)          # game["frames"]: the RGB screens
+
+main.py and gym_eval.py parse flags and call train and evaluate. Importing this module starts no
+process and writes no file. Bad input raises utils.UsageError with the line the command lines print.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agent import Agent, play_game
+from checkpoint import Checkpoint, check_fits, load_checkpoint, preprocessing_warning
+from environment import make_env
+from evaluation import EvalConfig, evaluate_games, prepare_eval
+from launcher import Supervisor, build_run, keep_previous_checkpoint, prepare, resume_path, stop_signals
+from metrics import read_metrics, setup_logger
+from model import A3Clstm
+from settings import Config, check_values
+from utils import UsageError
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    exit_code: int  # what main.py exits with: 0 stopped as asked, 1 failed (see stop_reason)
+    stop_reason: str
+    checkpoint: str  # the final checkpoint
+    frames: int
+    updates: int
+    best_score: float | None
+    metrics: list[dict]  # one row per test game: wall_time, elapsed, frames, updates, reward, length, fps
+
+
+def train(cfg: Config) -> TrainResult:
+    """Train until a stop criterion of `cfg` (max_steps, max_time, target_score), Ctrl-C, SIGTERM or SIGHUP;
+    blocks meanwhile, saves, and returns what happened. With cfg.load it resumes the newest checkpoint."""
+    with stop_signals() as received:
+        check_values(cfg)
+        num_actions, ckpt = prepare(cfg)
+        logger = setup_logger("main", cfg.log_path("_log"))
+        warning = preprocessing_warning(ckpt, resume_path(cfg)) if ckpt else None
+        if warning:
+            logger.warning("warning: %s", warning)
+        if not cfg.load:
+            keep_previous_checkpoint(cfg, logger)
+        cores = os.cpu_count() or 1
+        if cfg.workers > cores:
+            logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
+        devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
+        logger.info(
+            "training %s with %d workers on %s; logs in %s, checkpoints in %s",
+            *(cfg.env, cfg.workers, devices, cfg.log_dir, cfg.save_model_dir),
+        )
+        run = build_run(cfg, num_actions, ckpt, logger)
+        supervisor = Supervisor(run, logger, ckpt.best_score if ckpt else None, received)
+        exit_code = supervisor.run()
+    metrics = cfg.log_path("_metrics.csv")
+    return TrainResult(
+        exit_code=exit_code,
+        stop_reason=supervisor.stop_reason or "",
+        checkpoint=cfg.checkpoint_path(suffix="_last" if cfg.save_max else ""),
+        frames=run.counters.frames,
+        updates=run.counters.updates,
+        best_score=supervisor.best_score,
+        metrics=read_metrics(metrics) if os.path.exists(metrics) else [],
+    )
+
+
+def evaluate(checkpoint: str, env: str = "PongNoFrameskip-v4", episodes: int = 100, **settings) -> dict:
+    """Play `episodes` whole games with `checkpoint`; the results gym_eval.py prints and saves, as data.
+
+    `settings` are EvalConfig's fields (seed, workers, stochastic, record, gif, results, ...);
+    `on_start(cfg, checkpoint)` is called once all is checked, `on_game(game, games)` after each game.
+    """
+    on_start, on_game = settings.pop("on_start", None), settings.pop("on_game", None)
+    cfg, ckpt = prepare_eval(EvalConfig(env=env, model_path=checkpoint, num_episodes=episodes, **settings))
+    if on_start is not None:
+        on_start(cfg, ckpt)
+    return evaluate_games(cfg, ckpt, on_game)
+
+
+class Player:
+    """A checkpoint's agent in one env, to play games greedily (or sampled) and keep their frames."""
+
+    def __init__(self, ckpt: Checkpoint, env, seed: int):
+        self.checkpoint = ckpt
+        self.env = env
+        self.model = A3Clstm(1, ckpt.num_actions, ckpt.hidden_size)
+        self.model.load_state_dict(ckpt.model)
+        self.agent = Agent(self.model.eval(), [self.env], torch.device("cpu"), seed=seed)
+
+    def play(self, greedy: bool = True, record: bool = False) -> dict:
+        """One whole game: its reward and length, and with `record` its RGB screens (one per agent step)."""
+        frames: list[np.ndarray] = [self.env.render()] if record else []
+        on_step = (lambda: frames.append(self.env.render())) if record else None
+        reward, length, _ = play_game(self.agent, greedy=greedy, on_step=on_step)
+        return {"reward": reward, "length": length, "frames": frames}
+
+    def close(self) -> None:
+        self.agent.close()
+
+
+def load_agent(checkpoint: str, env: str | None = None, env_config: str = "config.json", seed: int = 1) -> Player:
+    """A Player for `checkpoint`, on `env` (default: the env it was trained on)."""
+    ckpt = load_checkpoint(checkpoint)
+    env_id = env or ckpt.args.get("env")
+    if env_id is None:
+        raise UsageError(f"{checkpoint} does not record its env (a classic state_dict): pass env=")
+    skip_rate = ckpt.args.get("skip_rate", 4)
+    game = make_env(
+        env_id,
+        env_config=env_config,
+        skip_rate=skip_rate,
+        max_episode_length=100000,
+        training=False,
+        render_mode="rgb_array",
+    )
+    try:
+        check_fits(ckpt, checkpoint, game.action_space.n, ckpt.hidden_size, env_id)
+    except UsageError:
+        game.close()
+        raise
+    return Player(ckpt, game, seed)

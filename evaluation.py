@@ -1,0 +1,196 @@
+"""Evaluation: whole games with a checkpoint, played in this process or in a pool, summarised, recorded.
+
+Games are played as the classic tool plays them: every life, with the LSTM state zeroed and FIRE
+pressed after each lost life, scored over the whole game. Game i is played with seed + i in a fresh
+env, so a pool of processes gives exactly the results of a serial run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+
+import cv2
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from agent import Agent, play_game
+from checkpoint import Checkpoint, check_fits, load_checkpoint
+from environment import describe_env, frames_per_step, is_atari, make_env_for
+from model import A3Clstm
+from settings import check_gpus
+from utils import UsageError, safe_name
+
+ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every setting of an evaluation; hidden_size and skip_rate None mean: as the checkpoint was trained."""
+
+    env: str
+    model_path: str
+    env_config: str = "config.json"
+    num_episodes: int = 100
+    results: str | None = None  # JSON file to write (None: none)
+    seed: int = 1
+    hidden_size: int | None = None
+    skip_rate: int | None = None
+    max_episode_length: int = 100000
+    stochastic: bool = False
+    gpu_id: int = -1
+    workers: int = 1
+    render: bool = False
+    render_freq: int = 1
+    record: str | None = None
+    gif: bool = False
+    record_every: int = 1
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu") if self.gpu_id < 0 else torch.device("cuda", self.gpu_id)
+
+
+def prepare_eval(cfg: EvalConfig) -> tuple[EvalConfig, Checkpoint]:
+    """Check every setting and the checkpoint before a game starts (UsageError, one line, on bad input);
+    return the settings with the checkpoint's hidden size and skip rate filled in, and the checkpoint."""
+    for name in ("num_episodes", "workers", "render_freq", "record_every", "max_episode_length"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.gif and not cfg.record:
+        raise UsageError("--gif needs --record DIR")
+    if cfg.render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UsageError("--render needs a display and none is set (DISPLAY): use --record DIR to save videos instead")
+    check_gpus([cfg.gpu_id])
+    ckpt = load_checkpoint(cfg.model_path)
+    num_actions = describe_env(cfg.env, cfg.env_config)
+    hidden_size = cfg.hidden_size or ckpt.hidden_size
+    check_fits(ckpt, cfg.model_path, num_actions, hidden_size, cfg.env)
+    if cfg.record:
+        try:
+            os.makedirs(cfg.record, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--record {cfg.record} cannot be created ({e.strerror})") from None
+    skip_rate = cfg.skip_rate or ckpt.args.get("skip_rate", 4)
+    return replace(cfg, hidden_size=hidden_size, skip_rate=skip_rate), ckpt
+
+
+# The model each evaluation process plays with, loaded once per process by load_player.
+_player: dict = {}
+
+
+def load_player(cfg: EvalConfig, weights: dict) -> None:
+    torch.set_num_threads(1)
+    device = cfg.device
+    model = A3Clstm(1, weights["actor_linear.weight"].shape[0], cfg.hidden_size)
+    model.load_state_dict(weights)
+    _player.update(cfg=cfg, model=model.to(device).eval(), device=device)
+
+
+def play_one(index: int) -> dict:
+    """Play game `index` with seed cfg.seed + index; a fresh env stack, so the result depends on the seed alone."""
+    cfg, model, device = _player["cfg"], _player["model"], _player["device"]
+    seed = cfg.seed + index
+    recording = cfg.record is not None and index % cfg.record_every == 0
+    render_mode = "human" if cfg.render and index % cfg.render_freq == 0 else "rgb_array" if recording else None
+    env = make_env_for(cfg, training=False, render_mode=render_mode)
+    torch.manual_seed(seed)
+    agent = Agent(model, [env], device, seed=seed)
+    frames = [env.render()] if recording else None
+    on_step = (lambda: frames.append(env.render())) if recording else None
+    reward, length, _ = play_game(agent, greedy=not cfg.stochastic, on_step=on_step)
+    videos = write_videos(cfg, index, frames, env) if recording else []
+    agent.close()
+    return {"game": index, "seed": seed, "reward": reward, "length": length, "videos": videos}
+
+
+def write_videos(cfg: EvalConfig, index: int, frames: list[np.ndarray], env) -> list[str]:
+    """MP4 (and GIF) of the RGB screens the agent saw, timed to play at the game's real speed."""
+    native_fps = ATARI_FPS if is_atari(env) else env.metadata.get("render_fps", 30)
+    fps = native_fps / frames_per_step(env)
+    stem = os.path.join(cfg.record, f"{safe_name(cfg.env)}_game{index:04d}")
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(f"{stem}.mp4", cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    paths = [f"{stem}.mp4"]
+    if cfg.gif:
+        from PIL import Image
+
+        images = [Image.fromarray(frame) for frame in frames]
+        # GIF delays are whole centiseconds: step them so that the clock never drifts from the game's
+        ticks = [round(i * 100 / fps) * 10 for i in range(len(images) + 1)]
+        durations = [b - a for a, b in zip(ticks, ticks[1:])]
+        images[0].save(f"{stem}.gif", save_all=True, append_images=images[1:], duration=durations, loop=0)
+        paths.append(f"{stem}.gif")
+    return paths
+
+
+def play_all(cfg: EvalConfig, weights: dict):
+    """Yield game results in game order, from this process or from a pool of --workers processes."""
+    if cfg.workers == 1:
+        load_player(cfg, weights)
+        yield from map(play_one, range(cfg.num_episodes))
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(cfg.workers, initializer=load_player, initargs=(cfg, weights)) as pool:
+        yield from pool.imap(play_one, range(cfg.num_episodes))
+
+
+def summarize(rewards: list[float], seconds: float) -> dict:
+    return {
+        "games": len(rewards),
+        "mean": statistics.fmean(rewards),
+        "std": statistics.pstdev(rewards),
+        "min": min(rewards),
+        "max": max(rewards),
+        "median": statistics.median(rewards),
+        "wall_time": seconds,
+    }
+
+
+def evaluate_games(cfg: EvalConfig, ckpt: Checkpoint, on_game=None) -> dict:
+    """Play cfg.num_episodes games; return the results (and write them as JSON to cfg.results if set).
+
+    `on_game(game, games)` is called after each game. A Ctrl-C after the first game ends the evaluation
+    with the games played so far (`interrupted` is then true); before it, KeyboardInterrupt propagates.
+    """
+    start = time.time()
+    games: list[dict] = []
+    interrupted = False
+    try:
+        for game in play_all(cfg, ckpt.model):
+            games.append(game)
+            if on_game is not None:
+                on_game(game, games)
+    except KeyboardInterrupt:
+        if not games:
+            raise
+        interrupted = True
+    results = {
+        "env": cfg.env,
+        "checkpoint": os.path.abspath(cfg.model_path),
+        "trained_frames": ckpt.frames,
+        "preprocessing": ckpt.preprocessing,
+        "greedy": not cfg.stochastic,
+        "interrupted": interrupted,
+        "config": asdict(cfg),
+        "summary": summarize([g["reward"] for g in games], time.time() - start),
+        "games": games,
+    }
+    if cfg.results:
+        write_results(cfg.results, results)
+    return results
+
+
+def write_results(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,124 @@
+"""A run's settings: one typed, read-only object, its value checks and the device placement it implies."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from utils import UsageError, safe_name
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a training run, parsed once by main.py and read-only after."""
+
+    env: str = "PongNoFrameskip-v4"
+    env_config: str = "config.json"
+    lr: float = 1e-4
+    gamma: float = 0.99
+    tau: float = 1.0
+    seed: int = 1
+    workers: int = 2
+    num_steps: int = 20
+    distributed_step_size: tuple[int, ...] = ()
+    max_episode_length: int = 10000
+    skip_rate: int = 4
+    hidden_size: int = 512
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    max_grad_norm: float = 0.0
+    optimizer: str = "Adam"
+    amsgrad: bool = False
+    shared_optimizer: bool = True
+    load: bool = False
+    save_max: bool = False
+    load_model_dir: str = "trained_models/"
+    save_model_dir: str = "trained_models/"
+    log_dir: str = "logs/"
+    gpu_ids: tuple[int, ...] = (-1,)
+    envs_per_worker: int = 1
+    textbook: bool = False
+    channels_last: bool = True
+    bf16: bool = False
+    test_interval: float = 5.0
+    progress_interval: float = 10.0
+    max_steps: int = 0
+    max_time: float = 0.0
+    target_score: float | None = None
+    target_window: int = 10
+    max_restarts: int = 3
+    max_nan_updates: int = 100
+    tensorboard_logger: bool = False
+
+    def device_for(self, rank: int) -> torch.device:
+        """Worker `rank`'s device: gpu_ids[rank % len] (A3G), or the CPU for -1."""
+        gpu = self.gpu_ids[rank % len(self.gpu_ids)]
+        return torch.device("cpu") if gpu < 0 else torch.device("cuda", gpu)
+
+    def steps_for(self, rank: int) -> int:
+        """Rollout length of worker `rank`: its round-robin share of --distributed-step-size, else --num-steps."""
+        sizes = self.distributed_step_size
+        return sizes[rank % len(sizes)] if sizes else self.num_steps
+
+    def checkpoint_path(self, directory: str | None = None, suffix: str = "") -> str:
+        return os.path.join(directory or self.save_model_dir, f"{safe_name(self.env)}{suffix}.dat")
+
+    def log_path(self, suffix: str) -> str:
+        return os.path.join(self.log_dir, f"{safe_name(self.env)}{suffix}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def check_values(cfg: Config) -> None:
+    """Flag values that cannot work, each as one UsageError line."""
+    positive = {
+        "--workers": cfg.workers,
+        "--num-steps": cfg.num_steps,
+        "--hidden-size": cfg.hidden_size,
+        "--skip-rate": cfg.skip_rate,
+        "--max-episode-length": cfg.max_episode_length,
+        "--envs-per-worker": cfg.envs_per_worker,
+        "--target-window": cfg.target_window,
+        "--max-nan-updates": cfg.max_nan_updates,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if any(s < 1 for s in cfg.distributed_step_size):
+        raise UsageError(f"--distributed-step-size values must be at least 1, got {list(cfg.distributed_step_size)}")
+    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+        raise UsageError(f"--lr must be a positive number, got {cfg.lr}")
+    if not 0 < cfg.gamma <= 1:
+        raise UsageError(f"--gamma must lie in (0, 1], got {cfg.gamma}")
+    if not 0 <= cfg.tau <= 1:
+        raise UsageError(f"--tau must lie in [0, 1], got {cfg.tau}")
+    for name, value in {
+        "--entropy-coef": cfg.entropy_coef,
+        "--value-coef": cfg.value_coef,
+        "--max-grad-norm": cfg.max_grad_norm,
+        "--test-interval": cfg.test_interval,
+        "--max-steps": cfg.max_steps,
+        "--max-time": cfg.max_time,
+        "--max-restarts": cfg.max_restarts,
+    }.items():
+        if value < 0:
+            raise UsageError(f"{name} must not be negative, got {value}")
+    if cfg.progress_interval <= 0:
+        raise UsageError(f"--progress-interval must be positive, got {cfg.progress_interval}")
+    check_gpus(cfg.gpu_ids)
+
+
+def check_gpus(gpu_ids) -> None:
+    count = torch.cuda.device_count()
+    for gpu in gpu_ids:
+        if gpu >= count or gpu < -1:
+            raise UsageError(
+                f"GPU id {gpu} does not exist (this machine has {count} CUDA device{'s' * (count != 1)}): "
+                f"pass --gpu-ids -1 for the CPU" + (f" or ids 0..{count - 1}" if count else "")
+            )
+    if -1 in gpu_ids and len(gpu_ids) > 1:
+        raise UsageError("--gpu-ids mixes -1 (CPU) with GPU ids: pass either -1 or GPU ids")

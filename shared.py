@@ -1,0 +1,146 @@
+"""What the processes of a run share: counters, the stop flag, test results, and the link from a
+process's own model to the shared one; and the setup every process does first."""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from model import A3Clstm
+
+if TYPE_CHECKING:
+    from settings import Config
+
+
+def init_process(title: str, seed: int) -> None:
+    """Per-process setup: a name in ps/top, one intra-op thread, Ctrl-C and hang-up left to the launcher, a seed."""
+    from setproctitle import setproctitle
+
+    setproctitle(title)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    torch.manual_seed(seed)
+
+
+def build_model(num_actions: int, cfg: Config, device: torch.device) -> A3Clstm:
+    """A process-local model; channels-last makes the convolutions markedly faster on CPUs (same numbers)."""
+    model = A3Clstm(1, num_actions, cfg.hidden_size).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+class Counters:
+    """Frames, updates and dropped (non-finite) updates, one shared slot per worker so writes never race."""
+
+    def __init__(self, workers: int, frames: int = 0, updates: int = 0):
+        self.table = torch.zeros(3, workers + 1, dtype=torch.int64).share_memory_()
+        self.table[0, -1] = frames
+        self.table[1, -1] = updates
+
+    def add(self, rank: int, frames: int, updates: int = 0, dropped: int = 0) -> None:
+        self.table[0, rank] += frames
+        self.table[1, rank] += updates
+        self.table[2, rank] += dropped
+
+    @property
+    def frames(self) -> int:
+        return int(self.table[0].sum())
+
+    @property
+    def updates(self) -> int:
+        return int(self.table[1].sum())
+
+    @property
+    def dropped(self) -> int:
+        return int(self.table[2].sum())
+
+
+class StopFlag:
+    """A stop event in shared memory, lock-free: a process killed with -9 can never leave it locked
+    (multiprocessing.Event holds a lock inside is_set(), and a worker killed there would hang the run)."""
+
+    def __init__(self):
+        self.flag = torch.zeros(1, dtype=torch.uint8).share_memory_()
+
+    def set(self) -> None:
+        self.flag[0] = 1
+
+    def is_set(self) -> bool:
+        return bool(self.flag[0])
+
+    def wait(self, timeout: float, poll: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < deadline:
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        return self.is_set()
+
+
+class GameResults:
+    """Test-game results passed from the test process to the launcher through a shared ring buffer.
+
+    Lock-free for the same reason as StopFlag: the test process may be killed at any instant.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self.rows = torch.zeros(capacity, 2, dtype=torch.float64).share_memory_()
+        self.count = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def put(self, reward: float, length: int) -> None:
+        n = int(self.count[0])
+        self.rows[n % len(self.rows)] = torch.tensor([reward, length], dtype=torch.float64)
+        self.count[0] = n + 1
+
+    def since(self, seen: int) -> tuple[list[tuple[float, int]], int]:
+        """Results after the first `seen` ones (at most the buffer's capacity), and the new total."""
+        n = int(self.count[0])
+        start = max(seen, n - len(self.rows))
+        rows = [self.rows[i % len(self.rows)].tolist() for i in range(start, n)]
+        return [(reward, int(length)) for reward, length in rows], n
+
+
+class SharedLink:
+    """Copies shared weights into the worker's model and the worker's gradients into the shared model.
+
+    Gradients are copied into this worker's own CPU buffers (pinned when the model is on a GPU)
+    and handed to the shared parameters on every update. The classic alias-once pattern breaks on
+    torch >= 2.0, where zero_grad() drops the grad tensors the shared model still points at.
+    """
+
+    def __init__(self, shared: A3Clstm, local: A3Clstm, device: torch.device):
+        self.shared = list(shared.parameters())
+        self.local = list(local.parameters())
+        self.device = device
+        self.pin = device.type == "cuda"
+        self.grads: list[torch.Tensor] = []  # allocated on the first push: the test process never pushes
+
+    def pull(self) -> None:
+        with torch.no_grad():
+            for local, shared in zip(self.local, self.shared):
+                local.copy_(shared)
+
+    def push(self) -> None:
+        """From a GPU: all copies queued without waiting, then one wait before the optimizer reads them."""
+        if not self.grads:
+            self.grads = [torch.zeros(p.shape, pin_memory=self.pin) for p in self.shared]
+        for buffer, local, shared in zip(self.grads, self.local, self.shared):
+            shared.grad = None if local.grad is None else buffer.copy_(local.grad, non_blocking=self.pin)
+        if self.pin:
+            torch.cuda.synchronize(self.device)
+
+
+@dataclass
+class RunShared:
+    """Everything a run's processes share, handed to each process as one object."""
+
+    cfg: Config
+    model: A3Clstm  # the shared model, in shared memory
+    optimizer: object | None  # the shared optimizer (None: each worker keeps its own)
+    counters: Counters
+    stop: StopFlag
+    results: GameResults
+    parent_pid: int  # the supervisor's: a process whose parent changed stops

@@ -1,0 +1,67 @@
+"""The Python API runs the command lines' code: train, evaluate and load_agent on a small real task."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from api import evaluate, load_agent, train
+from settings import Config
+from tests.helpers import ROOT, run_cli
+from utils import UsageError
+
+CUE = "tests.pixel_envs:Cue-v0"
+
+
+def test_importing_the_api_starts_no_process_and_writes_no_file(tmp_path):
+    code = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); import api, multiprocessing as mp; "
+        "assert not mp.active_children(); print(sorted(os.listdir('.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_train_evaluate_and_play_from_python(tmp_path):
+    cfg = Config(
+        env=CUE,
+        workers=1,
+        max_steps=3000,
+        test_interval=0,
+        progress_interval=1,
+        log_dir=str(tmp_path / "logs"),
+        save_model_dir=str(tmp_path / "models"),
+        load_model_dir=str(tmp_path / "models"),
+    )
+    handler = signal.getsignal(signal.SIGINT)
+    run = train(cfg)
+    assert signal.getsignal(signal.SIGINT) is handler, "train() gives the previous signal handlers back"
+    assert run.exit_code == 0 and "max-steps" in run.stop_reason
+    assert run.frames >= 3000 and run.updates > 0 and run.metrics
+    assert {"frames", "reward", "length"} <= set(run.metrics[0])
+
+    results = evaluate(run.checkpoint, CUE, episodes=2, seed=3)
+    assert [g["seed"] for g in results["games"]] == [3, 4] and results["summary"]["games"] == 2
+    assert not (tmp_path / "logs" / f"{CUE}_eval.json").exists(), "no results file unless asked for"
+
+    player = load_agent(run.checkpoint)
+    game = player.play(record=True)
+    player.close()
+    assert game["length"] == 20 and len(game["frames"]) == 21 and game["frames"][0].shape == (80, 80, 3)
+
+    resumed = train(Config(**{**cfg.__dict__, "load": True, "max_steps": run.frames + 1000}))
+    assert resumed.exit_code == 0 and resumed.frames >= run.frames + 1000
+    assert "resumed from" in (tmp_path / "logs" / f"{CUE.replace(':', '_')}_log").read_text()
+
+
+def test_bad_input_raises_the_line_the_command_line_prints(tmp_path):
+    with pytest.raises(UsageError) as raised:
+        train(Config(env=CUE, workers=0, log_dir=str(tmp_path)))
+    cli = run_cli("main.py", "--env", CUE, "--workers", 0, "--log-dir", tmp_path)
+    assert cli.returncode == 2 and cli.stderr.strip() == f"error: {raised.value}"
+    with pytest.raises(UsageError, match="no checkpoint at"):
+        evaluate(str(tmp_path / "missing.dat"), CUE, episodes=1)
+    with pytest.raises(UsageError, match="no checkpoint at"):
+        load_agent(str(tmp_path / "missing.dat"))
