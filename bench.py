@@ -55,7 +55,7 @@ def wait_for_first_updates(workers: list, counters: Counters, timeout: float = 3
     """Block until every worker has made one update (imports, env and model set up), so that the warm-up
     measures a running loop, not process start-up."""
     deadline = time.time() + timeout
-    while bool((counters.table[1, : len(workers)] == 0).any()):
+    while 0 in counters.worker_updates():
         if any(not w.is_alive() for w in workers):
             raise RuntimeError("a worker exited before its first update")
         if time.time() > deadline:
@@ -74,9 +74,9 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
     try:
         wait_for_first_updates(workers, counters)
         time.sleep(warmup)
-        frames0, updates0, t0 = counters.table[0].clone(), counters.updates, time.time()
+        frames0, updates0, t0 = counters.worker_frames(), counters.updates, time.time()
         time.sleep(duration)
-        frames1, updates1, t1 = counters.table[0].clone(), counters.updates, time.time()
+        frames1, updates1, t1 = counters.worker_frames(), counters.updates, time.time()
         peaks = [peak_rss_mb(w.pid) for w in workers]
     finally:
         run.stop.set()
@@ -85,7 +85,7 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
             if worker.is_alive():
                 worker.kill()
     seconds = t1 - t0
-    per_worker = ((frames1 - frames0)[: cfg.workers].double() / seconds).tolist()
+    per_worker = [(after - before) / seconds for before, after in zip(frames0, frames1)]
     return {
         "frames_per_s": sum(per_worker),
         "frames_per_s_per_worker": per_worker,

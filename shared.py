@@ -47,6 +47,13 @@ class Counters:
         self.table[1, rank] += updates
         self.table[2, rank] += dropped
 
+    def worker_frames(self) -> list[int]:
+        """Frames counted by each worker in this run (without the resumed base)."""
+        return self.table[0, :-1].tolist()
+
+    def worker_updates(self) -> list[int]:
+        return self.table[1, :-1].tolist()
+
     @property
     def frames(self) -> int:
         return int(self.table[0].sum())

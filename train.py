@@ -217,7 +217,7 @@ def run_worker(rank: int, run: RunShared, logger) -> int:
             if applied:
                 bad_in_a_row = 0
                 counters.add(rank, worker.frames_per_rollout, updates=1)
-                if writer is not None and int(counters.table[1, rank]) % 10 == 0:
+                if writer is not None and counters.worker_updates()[rank] % 10 == 0:
                     for name, value in losses._asdict().items():
                         writer.add_scalar(f"train/{name}", float(value), counters.frames)
                 continue
