@@ -82,6 +82,19 @@ def test_checkpoint_of_another_preprocessing_is_scored_with_one_warning_line(tra
         assert json.loads((tmp_path / "old.json").read_text())["preprocessing"] == recorded
 
 
+def test_exported_classic_state_dict_plays_exactly_as_the_checkpoint(trained, tmp_path):
+    """A model goes to the classic tool as a bare state_dict; read back here it plays the same games."""
+    exported = tmp_path / "classic.dat"
+    assert run_cli("checkpoint.py", "export", trained["model"], exported).returncode == 0
+    games = {}
+    for name, path in (("checkpoint", trained["model"]), ("exported", exported)):
+        out = tmp_path / f"{name}.json"
+        result = evaluate("--model", path, "--num-episodes", 2, "--stochastic", "--seed", 5, "--results", out)
+        assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+        games[name] = [(g["reward"], g["length"]) for g in json.loads(out.read_text())["games"]]
+    assert games["exported"] == games["checkpoint"]
+
+
 def test_records_mp4_and_gif(trained, tmp_path):
     videos = tmp_path / "videos"
     result = evaluate(
