@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -129,8 +130,12 @@ def children_ignore_interrupts():
 @contextmanager
 def stop_signals():
     """While the block runs, Ctrl-C, SIGTERM and SIGHUP are recorded (yields the list of their names) for the
-    Supervisor to stop on, instead of interrupting; the previous handlers return after."""
+    Supervisor to stop on, instead of interrupting; the previous handlers return after. Only the main thread
+    can take signals: run from another thread, a run stops on its criteria alone."""
     received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
     previous = {
         signum: signal.signal(signum, lambda signum, _frame: received.append(signal.Signals(signum).name))
         for signum in STOP_SIGNALS
