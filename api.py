@@ -17,13 +17,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from agent import Agent, play_game
+from agent import Agent
 from checkpoint import Checkpoint, check_fits, load_checkpoint, preprocessing_warning
 from environment import make_env
-from evaluation import EvalConfig, evaluate_games, prepare_eval
+from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval
 from launcher import Supervisor, build_run, keep_previous_checkpoint, prepare, resume_path, stop_signals
 from metrics import read_metrics, setup_logger
 from model import A3Clstm
@@ -80,11 +79,18 @@ def train(cfg: Config) -> TrainResult:
 def evaluate(checkpoint: str, env: str = "PongNoFrameskip-v4", episodes: int = 100, **settings) -> dict:
     """Play `episodes` whole games with `checkpoint`; the results gym_eval.py prints and saves, as data.
 
-    `settings` are EvalConfig's fields (seed, workers, stochastic, record, gif, results, ...);
-    `on_start(cfg, checkpoint)` is called once all is checked, `on_game(game, games)` after each game.
+    `settings` are EvalConfig's fields (seed, workers, stochastic, record, gif, results, ...), and the
+    callbacks of run_evaluation.
     """
     on_start, on_game = settings.pop("on_start", None), settings.pop("on_game", None)
-    cfg, ckpt = prepare_eval(EvalConfig(env=env, model_path=checkpoint, num_episodes=episodes, **settings))
+    cfg = EvalConfig(env=env, model_path=checkpoint, num_episodes=episodes, **settings)
+    return run_evaluation(cfg, on_start, on_game)
+
+
+def run_evaluation(cfg: EvalConfig, on_start=None, on_game=None) -> dict:
+    """`evaluate` with its settings as one EvalConfig (what gym_eval.py fills from its flags).
+    `on_start(cfg, checkpoint)` is called once all is checked, `on_game(game, games)` after each game."""
+    cfg, ckpt = prepare_eval(cfg)
     if on_start is not None:
         on_start(cfg, ckpt)
     return evaluate_games(cfg, ckpt, on_game)
@@ -102,9 +108,7 @@ class Player:
 
     def play(self, greedy: bool = True, record: bool = False) -> dict:
         """One whole game: its reward and length, and with `record` its RGB screens (one per agent step)."""
-        frames: list[np.ndarray] = [self.env.render()] if record else []
-        on_step = (lambda: frames.append(self.env.render())) if record else None
-        reward, length, _ = play_game(self.agent, greedy=greedy, on_step=on_step)
+        reward, length, frames = play_recorded(self.agent, greedy, record)
         return {"reward": reward, "length": length, "frames": frames}
 
     def close(self) -> None:

@@ -379,27 +379,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"\nfast / textbook frames/s: {ratio:.2f}x")
     phases = print_phases(variants, num_actions, args.phase_updates) if args.phases else None
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(
-            {
-                "hardware": hardware(),
-                "env": args.env,
-                "workers": args.workers,
-                "gpu_ids": args.gpu_ids,
-                "envs_per_worker": args.envs_per_worker,
-                "bf16": args.bf16,
-                "warmup_s": args.warmup,
-                "duration_s": args.duration,
-                "rounds": runs,
-                "summary": summary,
-                "ratio": ratio,
-                "phases_ms_per_step": phases,
-            },
-            f,
-            indent=2,
-        )
-    print(f"written {args.json}")
+    write_json(
+        args.json,
+        {
+            "hardware": hardware(),
+            "env": args.env,
+            "workers": args.workers,
+            "gpu_ids": args.gpu_ids,
+            "envs_per_worker": args.envs_per_worker,
+            "bf16": args.bf16,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "rounds": runs,
+            "summary": summary,
+            "ratio": ratio,
+            "phases_ms_per_step": phases,
+        },
+    )
     return 0
 
 

@@ -100,12 +100,20 @@ def play_one(index: int) -> dict:
     env = make_env_for(cfg, training=False, render_mode=render_mode)
     torch.manual_seed(seed)
     agent = Agent(model, [env], device, seed=seed)
-    frames = [env.render()] if recording else None
-    on_step = (lambda: frames.append(env.render())) if recording else None
-    reward, length, _ = play_game(agent, greedy=not cfg.stochastic, on_step=on_step)
+    reward, length, frames = play_recorded(agent, greedy=not cfg.stochastic, record=recording)
     videos = write_videos(cfg, index, frames, env) if recording else []
     agent.close()
     return {"game": index, "seed": seed, "reward": reward, "length": length, "videos": videos}
+
+
+def play_recorded(agent: Agent, greedy: bool, record: bool) -> tuple[float, int, list[np.ndarray]]:
+    """One whole game in the agent's env 0: reward, length and, with `record`, the RGB screen before the
+    first step and after each one."""
+    env = agent.envs[0]
+    frames = [env.render()] if record else []
+    on_step = (lambda: frames.append(env.render())) if record else None
+    reward, length, _ = play_game(agent, greedy=greedy, on_step=on_step)
+    return reward, length, frames
 
 
 def write_videos(cfg: EvalConfig, index: int, frames: list[np.ndarray], env) -> list[str]:

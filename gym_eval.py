@@ -12,9 +12,8 @@ import argparse
 import os
 import statistics
 import sys
-from dataclasses import asdict
 
-from api import evaluate
+from api import run_evaluation
 from checkpoint import Checkpoint, preprocessing_warning
 from evaluation import EvalConfig
 from utils import UsageError, safe_name
@@ -91,15 +90,9 @@ def print_start(cfg: EvalConfig, ckpt: Checkpoint) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("env", "model_path", "num_episodes")}
     try:
-        results = evaluate(
-            cfg.model_path,
-            cfg.env,
-            cfg.num_episodes,
-            **settings,
-            on_start=print_start,
-            on_game=lambda game, games: print_game(game, games, cfg.num_episodes),
+        results = run_evaluation(
+            cfg, on_start=print_start, on_game=lambda game, games: print_game(game, games, cfg.num_episodes)
         )
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
