@@ -23,7 +23,16 @@ from agent import Agent
 from checkpoint import Checkpoint, check_fits, load_checkpoint, preprocessing_warning
 from environment import make_env
 from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval
-from launcher import Supervisor, build_run, keep_previous_checkpoint, prepare, resume_path, stop_signals
+from launcher import (
+    Supervisor,
+    build_run,
+    keep_previous_checkpoint,
+    load_resume,
+    prepare,
+    resume_path,
+    stop_signals,
+    under_torchrun,
+)
 from metrics import read_metrics, setup_logger
 from model import A3Clstm
 from settings import Config, check_values
@@ -43,27 +52,54 @@ class TrainResult:
 
 def train(cfg: Config) -> TrainResult:
     """Train until a stop criterion of `cfg` (max_steps, max_time, target_score), Ctrl-C, SIGTERM or SIGHUP;
-    blocks meanwhile, saves, and returns what happened. With cfg.load it resumes the newest checkpoint."""
+    blocks meanwhile, saves, and returns what happened. With cfg.load it resumes the newest checkpoint.
+    Started by torchrun, it is one host of a multi-host run (distributed.py)."""
     with stop_signals() as received:
         check_values(cfg)
-        num_actions, ckpt = prepare(cfg)
-        logger = setup_logger("main", cfg.log_path("_log"))
-        warning = preprocessing_warning(ckpt, resume_path(cfg)) if ckpt else None
-        if warning:
-            logger.warning("warning: %s", warning)
-        if not cfg.load:
-            keep_previous_checkpoint(cfg, logger)
-        cores = os.cpu_count() or 1
-        if cfg.workers > cores:
-            logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
-        devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
+        if not under_torchrun():
+            return train_host(cfg, received)
+        from distributed import Cluster
+
+        cluster = Cluster.join(cfg)
+        try:
+            return train_host(cluster.host_config(cfg), received, cluster)
+        finally:
+            cluster.leave()
+
+
+def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
+    """This host's part of a run: its checks, shared model and Supervisor (one host: the whole run)."""
+    num_actions = prepare(cfg)
+    resume = cfg.load or (cluster is not None and cluster.restarted)
+    ckpt = load_resume(cfg, num_actions, required=cluster is None) if resume else None
+    if cluster is not None:
+        ckpt = cluster.shared_checkpoint(cfg, ckpt)
+    logger = setup_logger("main", cfg.log_path("_log"))
+    warning = preprocessing_warning(ckpt, resume_path(cfg)) if ckpt else None
+    if warning:
+        logger.warning("warning: %s", warning)
+    if not resume and cfg.host == 0:
+        keep_previous_checkpoint(cfg, logger)
+    cores = os.cpu_count() or 1
+    if cfg.workers > cores:
+        logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
+    devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
+    logger.info(
+        "training %s with %d workers on %s; logs in %s, checkpoints in %s",
+        *(cfg.env, cfg.workers, devices, cfg.log_dir, cfg.save_model_dir),
+    )
+    run = build_run(cfg, num_actions, ckpt, logger)
+    peers = None
+    if cluster is not None:
+        from distributed import HostSync
+
+        peers = HostSync(run, cluster)
         logger.info(
-            "training %s with %d workers on %s; logs in %s, checkpoints in %s",
-            *(cfg.env, cfg.workers, devices, cfg.log_dir, cfg.save_model_dir),
+            "host %d of %d: weights synced every %g s (%s of the hosts' changes)%s",
+            *(cfg.host, cfg.hosts, cfg.sync_interval, cfg.sync_op, "" if cfg.host == 0 else "; host 0 tests and saves"),
         )
-        run = build_run(cfg, num_actions, ckpt, logger)
-        supervisor = Supervisor(run, logger, ckpt.best_score if ckpt else None, received)
-        exit_code = supervisor.run()
+    supervisor = Supervisor(run, logger, ckpt.best_score if ckpt else None, received, peers)
+    exit_code = supervisor.run()
     metrics = cfg.log_path("_metrics.csv")
     return TrainResult(
         exit_code=exit_code,

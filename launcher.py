@@ -47,8 +47,8 @@ def check_writable(directory: str, flag: str) -> None:
         ) from None
 
 
-def prepare(cfg: Config) -> tuple[int, Checkpoint | None]:
-    """Everything that can fail on bad input, done before any process starts."""
+def prepare(cfg: Config) -> int:
+    """Everything that can fail on bad input, done before any process starts; returns the env's action count."""
     check_writable(cfg.save_model_dir, "--save-model-dir")
     check_writable(cfg.log_dir, "--log-dir")
     num_actions = describe_env(cfg.env, cfg.env_config)
@@ -57,12 +57,23 @@ def prepare(cfg: Config) -> tuple[int, Checkpoint | None]:
             import tensorboard  # noqa: F401
         except ImportError:
             raise UsageError("--tensorboard-logger needs the tensorboard package: pip install tensorboard") from None
-    ckpt = None
-    if cfg.load:
-        path = resume_path(cfg)
-        ckpt = load_checkpoint(path)
-        check_fits(ckpt, path, num_actions, cfg.hidden_size, cfg.env)
-    return num_actions, ckpt
+    return num_actions
+
+
+def load_resume(cfg: Config, num_actions: int, required: bool = True) -> Checkpoint | None:
+    """The checkpoint to resume (see resume_path), checked against the env; a missing one is an error if
+    `required`, else None (a host of a multi-host run resumes from whichever host has one)."""
+    path = resume_path(cfg)
+    if not required and not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path)
+    check_fits(ckpt, path, num_actions, cfg.hidden_size, cfg.env)
+    return ckpt
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun (or another env:// launcher of torch.distributed) started this process: a multi-host run."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
 def resume_path(cfg: Config) -> str:
@@ -150,8 +161,9 @@ def stop_signals():
 class Supervisor:
     """Starts the test process and the workers of a run, watches, restarts and stops them, and saves at the end."""
 
-    def __init__(self, run: RunShared, logger, best_score: float | None, signals: list[str]):
+    def __init__(self, run: RunShared, logger, best_score: float | None, signals: list[str], peers=None):
         self.run_shared = run
+        self.peers = peers  # a distributed.HostSync in a multi-host run, else None
         self.cfg = run.cfg
         self.logger = logger
         self.ctx = mp.get_context("spawn")
@@ -180,6 +192,18 @@ class Supervisor:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.exit_code = exit_code
+            if self.peers is not None:
+                self.peers.request_stop(failed=exit_code != 0)
+
+    def check_peers(self) -> None:
+        """In a multi-host run: stop when another host stopped the run, or when the link to the others broke."""
+        if self.peers is None:
+            return
+        if self.peers.error is not None:
+            self.request_stop(f"lost the other hosts ({self.peers.error})", EXIT_FAILED)
+        elif self.peers.remote_stop is not None:
+            host, failed = self.peers.remote_stop
+            self.request_stop(f"host {host} {'failed' if failed else 'stopped the run'}", EXIT_FAILED if failed else 0)
 
     def check_signals(self) -> None:
         if self.signals:
@@ -189,7 +213,9 @@ class Supervisor:
         """Run until a stop criterion, a signal or a failure; shut down, save; return the exit code."""
         cfg, counters = self.cfg, self.run_shared.counters
         start = time.time()
-        names = ["test"] + [f"train{rank}" for rank in range(cfg.workers)]
+        names = ["test"] * (cfg.host == 0) + [f"train{rank}" for rank in range(cfg.workers)]
+        if self.peers is not None:
+            self.peers.start()
         for name in names:
             self.check_signals()
             if self.stop_reason is None:
@@ -198,6 +224,7 @@ class Supervisor:
         while self.stop_reason is None:
             self.run_shared.stop.wait(0.25)
             self.check_signals()
+            self.check_peers()
             self.drain_results()
             self.supervise()
             now = time.time()
@@ -207,7 +234,9 @@ class Supervisor:
             self.check_limits(now - start)
         self.logger.info("stopping: %s", self.stop_reason)
         self.shutdown()
-        self.save_final()
+        self.final_sync()
+        if cfg.host == 0:
+            self.save_final()
         self.logger.info("trained %s frames in %s", f"{counters.frames:,}", format_duration(time.time() - start))
         return self.exit_code
 
@@ -240,18 +269,22 @@ class Supervisor:
     def report(self, interval: float, last_frames: int) -> None:
         frames = self.run_shared.counters.frames
         rate = (frames - last_frames) / interval
-        test = "no test game yet"
+        test = "no test game yet" if self.cfg.host == 0 else "test games on host 0"
         if self.last_test is not None:
             mean = sum(self.test_rewards) / len(self.test_rewards)
             test = f"test last {self.last_test:g} best {self.best_score:g} mean({len(self.test_rewards)}) {mean:.2f}"
         dropped = self.run_shared.counters.dropped
+        hosts = ""
+        if self.peers is not None:
+            hosts = f" | {self.cfg.hosts} hosts, sync {self.peers.syncs} weights {self.peers.last_fingerprint}"
         self.logger.info(
-            "frames %s | %s frames/s | updates %s | %s%s",
+            "frames %s | %s frames/s | updates %s | %s%s%s",
             f"{frames:,}",
             f"{rate:,.0f}",
             f"{self.run_shared.counters.updates:,}",
             test,
             f" | dropped updates {dropped}" if dropped else "",
+            hosts,
         )
 
     def check_limits(self, elapsed: float) -> None:
@@ -284,6 +317,16 @@ class Supervisor:
                 process.kill()
                 process.join()
         self.drain_results()
+
+    def final_sync(self) -> None:
+        """Workers down: the last weight sync, so every host ends with the same weights (host 0 saves them)."""
+        if self.peers is None or self.peers.error is not None:
+            return
+        failure = self.peers.finish(self.cfg.sync_timeout + 5)
+        if failure is None:
+            self.logger.info("final sync %d: weights %s", self.peers.syncs, self.peers.last_fingerprint)
+        else:
+            self.logger.warning("final sync failed (%s); this host's own weights are kept", failure)
 
     def save_final(self) -> None:
         run = self.run_shared

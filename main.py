@@ -96,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tensorboard-logger", default=False, help="write TensorBoard scalars under <log-dir>/tensorboard", **flag
     )
+    p.add_argument(
+        "--sync-interval",
+        type=float,
+        default=2.0,
+        help="multi-host runs (torchrun): seconds between syncs of the hosts' shared weights",
+    )
+    p.add_argument(
+        "--sync-timeout",
+        type=float,
+        default=30.0,
+        help="multi-host runs: seconds without an answer from a host before the others stop the run",
+    )
+    p.add_argument(
+        "--sync-op",
+        default="mean",
+        choices=["mean", "sum"],
+        help="multi-host runs: apply the mean or the sum of the hosts' weight changes at each sync",
+    )
     return p
 
 

@@ -52,6 +52,11 @@ class Config:
     max_restarts: int = 3
     max_nan_updates: int = 100
     tensorboard_logger: bool = False
+    sync_interval: float = 2.0
+    sync_timeout: float = 30.0
+    sync_op: str = "mean"
+    host: int = 0  # this host's rank in a multi-host run (set from torchrun's environment, not a flag)
+    hosts: int = 1
 
     def device_for(self, rank: int) -> torch.device:
         """Worker `rank`'s device: gpu_ids[rank % len] (A3G), or the CPU for -1."""
@@ -67,7 +72,9 @@ class Config:
         return os.path.join(directory or self.save_model_dir, f"{safe_name(self.env)}{suffix}.dat")
 
     def log_path(self, suffix: str) -> str:
-        return os.path.join(self.log_dir, f"{safe_name(self.env)}{suffix}")
+        """Host 0's logs are <env><suffix>; another host's <env>_host<N><suffix> (a shared log dir stays apart)."""
+        host = f"_host{self.host}" if self.host else ""
+        return os.path.join(self.log_dir, f"{safe_name(self.env)}{host}{suffix}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -107,8 +114,13 @@ def check_values(cfg: Config) -> None:
     }.items():
         if value < 0:
             raise UsageError(f"{name} must not be negative, got {value}")
-    if cfg.progress_interval <= 0:
-        raise UsageError(f"--progress-interval must be positive, got {cfg.progress_interval}")
+    for name, value in {
+        "--progress-interval": cfg.progress_interval,
+        "--sync-interval": cfg.sync_interval,
+        "--sync-timeout": cfg.sync_timeout,
+    }.items():
+        if not value > 0 or not math.isfinite(value):
+            raise UsageError(f"{name} must be a positive number of seconds, got {value}")
     check_gpus(cfg.gpu_ids)
 
 
