@@ -100,6 +100,8 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
         )
     supervisor = Supervisor(run, logger, ckpt.best_score if ckpt else None, received, peers)
     exit_code = supervisor.run()
+    if peers is not None:
+        peers.stop_agent_if_interrupted_elsewhere(logger)
     metrics = cfg.log_path("_metrics.csv")
     return TrainResult(
         exit_code=exit_code,

@@ -20,6 +20,7 @@ Only python main.py under torchrun imports this module; a plain run has no distr
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import zlib
@@ -37,7 +38,9 @@ from utils import UsageError
 # What must be the same on every host, or the collectives would not fit or the hosts would learn apart.
 MUST_MATCH = ("env", "hidden_size", "sync_op", "sync_interval")
 CONTROL_TICK = 1.0  # seconds between control rounds, at most: how soon a stop on one host reaches the others
-STOPPED, FAILED = 1, 2  # a host's stop request in the control round: a clean stop, or a failure (exit code 1)
+# A host's stop request in the control round, by severity; the reason the other hosts give for their stop.
+STOPPED, INTERRUPTED, FAILED = 1, 2, 3
+STOP_REASONS = {STOPPED: "stopped the run", INTERRUPTED: "was interrupted", FAILED: "failed"}
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def fingerprint(weights: torch.Tensor) -> str:
 class HostSync(threading.Thread):
     """The launcher's link to the other hosts: control rounds, weight syncs and the final sync at the stop.
 
-    The Supervisor asks for a stop with `request_stop`, reads `remote_stop` and `error` as it supervises, and
+    The Supervisor asks for a stop with `request_stop`, reads `stopped_by()` and `error` as it supervises, and
     calls `finish` once its workers are down, so that the final sync leaves every host with the same weights.
     """
 
@@ -135,19 +138,34 @@ class HostSync(threading.Thread):
         self.wake = threading.Event()
         self.workers_down = threading.Event()
         self.local_stop = 0
-        self.remote_stop: tuple[int, bool] | None = None  # (host, whether it failed) that stopped the run
+        self.stops: list[int] = []  # each host's stop request, once any host asked to stop
         self.error: str | None = None  # why the link to the other hosts broke
         self.next_sync = time.monotonic() + self.interval
-        self.syncs = 0
-        self.last_fingerprint = fingerprint(self.anchor)
+        self.last_sync = (0, fingerprint(self.anchor))  # (syncs so far, their weights): one tuple, read whole
 
     def flat_weights(self) -> torch.Tensor:
         return torch.cat([p.reshape(-1) for p in self.params])
 
-    def request_stop(self, failed: bool) -> None:
+    def request_stop(self, failed: bool, interrupted: bool) -> None:
         """Tell the other hosts, at the next control round (now), that this host stops the run."""
-        self.local_stop = FAILED if failed else STOPPED
+        self.local_stop = FAILED if failed else INTERRUPTED if interrupted else STOPPED
         self.wake.set()
+
+    def stopped_by(self) -> tuple[int, str, bool] | None:
+        """The first host that asked to stop: its rank, why (for the log), and whether the run failed."""
+        if not any(self.stops):
+            return None
+        host = next(h for h, code in enumerate(self.stops) if code)
+        return host, STOP_REASONS[self.stops[host]], max(self.stops) == FAILED
+
+    def stop_agent_if_interrupted_elsewhere(self, logger) -> None:
+        """Ctrl-C on one host stops that host's torchrun; the others' would wait minutes at their exit barrier
+        for it, so a host stopped by another's interrupt stops its own torchrun agent too (its parent)."""
+        asked_here = self.stops and self.stops[self.cluster.host]
+        if asked_here or INTERRUPTED not in self.stops or "TORCHELASTIC_RUN_ID" not in os.environ:
+            return
+        logger.info("stopping this host's torchrun: host %d was interrupted", self.stops.index(INTERRUPTED))
+        os.kill(os.getppid(), signal.SIGTERM)
 
     def finish(self, timeout: float) -> str | None:
         """Called once this host's workers are down: wait for the final sync; None, or why it failed."""
@@ -164,28 +182,43 @@ class HostSync(threading.Thread):
                 self.wake.wait(min(CONTROL_TICK, self.interval))
                 self.wake.clear()
             self.workers_down.wait()
-            self.sync_weights(final=True)
+            self.final_round()
         except Exception as e:  # gloo's errors for a peer that died, hung or closed: the Supervisor stops the run
             self.error = first_line(e)
 
     def control_round(self) -> bool:
         """One all-reduce of counts, sync votes and stop requests; False once any host asked to stop."""
         hosts = self.cluster.hosts
-        local = self.counters.table[:, :-1].sum(dim=1)  # this host's frames, updates, dropped in this run
+        local = self.local_counts()
         control = torch.zeros(4 + hosts, dtype=torch.int64)
         control[:3] = local
         control[3] = time.monotonic() >= self.next_sync
         control[4 + self.cluster.host] = self.local_stop
         dist.all_reduce(control)
-        self.counters.table[:, -1] = self.resumed + control[:3] - local
+        self.set_totals(control[:3], local)
         if control[3] > 0:
             self.sync_weights(final=False)
         stops = control[4:].tolist()
         if any(stops):
-            host = next(h for h, code in enumerate(stops) if code)
-            self.remote_stop = (host, max(stops) == FAILED)
+            self.stops = stops
             return False
         return True
+
+    def final_round(self) -> None:
+        """With the workers down: exact totals of the counters, and the last weight sync."""
+        local = self.local_counts()
+        totals = local.clone()
+        dist.all_reduce(totals)
+        self.set_totals(totals, local)
+        self.sync_weights(final=True)
+
+    def local_counts(self) -> torch.Tensor:
+        """This host's frames, updates and dropped updates in this run."""
+        return self.counters.table[:, :-1].sum(dim=1)
+
+    def set_totals(self, totals: torch.Tensor, local: torch.Tensor) -> None:
+        """Make the Counters read the run's totals: the base slot holds what the other hosts counted."""
+        self.counters.table[:, -1] = self.resumed + totals - local
 
     def sync_weights(self, final: bool) -> None:
         """Apply the hosts' mean (or summed) change since the last sync. The weights are read once and corrected
@@ -207,5 +240,4 @@ class HostSync(threading.Thread):
                     param.add_(correction[offset : offset + n].view_as(param))
                 offset += n
         self.next_sync = time.monotonic() + self.interval
-        self.syncs += 1
-        self.last_fingerprint = fingerprint(self.anchor)
+        self.last_sync = (self.last_sync[0] + 1, fingerprint(self.anchor))

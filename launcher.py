@@ -193,7 +193,7 @@ class Supervisor:
             self.stop_reason = reason
             self.exit_code = exit_code
             if self.peers is not None:
-                self.peers.request_stop(failed=exit_code != 0)
+                self.peers.request_stop(failed=exit_code != 0, interrupted=bool(self.signals))
 
     def check_peers(self) -> None:
         """In a multi-host run: stop when another host stopped the run, or when the link to the others broke."""
@@ -201,9 +201,9 @@ class Supervisor:
             return
         if self.peers.error is not None:
             self.request_stop(f"lost the other hosts ({self.peers.error})", EXIT_FAILED)
-        elif self.peers.remote_stop is not None:
-            host, failed = self.peers.remote_stop
-            self.request_stop(f"host {host} {'failed' if failed else 'stopped the run'}", EXIT_FAILED if failed else 0)
+        elif self.peers.stopped_by() is not None:
+            host, why, failed = self.peers.stopped_by()
+            self.request_stop(f"host {host} {why}", EXIT_FAILED if failed else 0)
 
     def check_signals(self) -> None:
         if self.signals:
@@ -237,7 +237,8 @@ class Supervisor:
         self.final_sync()
         if cfg.host == 0:
             self.save_final()
-        self.logger.info("trained %s frames in %s", f"{counters.frames:,}", format_duration(time.time() - start))
+        own = f" (this host {sum(counters.worker_frames()):,})" if self.peers is not None else ""
+        self.logger.info("trained %s frames in %s%s", f"{counters.frames:,}", format_duration(time.time() - start), own)
         return self.exit_code
 
     def drain_results(self) -> None:
@@ -276,7 +277,10 @@ class Supervisor:
         dropped = self.run_shared.counters.dropped
         hosts = ""
         if self.peers is not None:
-            hosts = f" | {self.cfg.hosts} hosts, sync {self.peers.syncs} weights {self.peers.last_fingerprint}"
+            own = sum(self.run_shared.counters.worker_frames())
+            hosts = " | {} hosts (this host {:,} frames), sync {} weights {}".format(
+                self.cfg.hosts, own, *self.peers.last_sync
+            )
         self.logger.info(
             "frames %s | %s frames/s | updates %s | %s%s%s",
             f"{frames:,}",
@@ -324,7 +328,7 @@ class Supervisor:
             return
         failure = self.peers.finish(self.cfg.sync_timeout + 5)
         if failure is None:
-            self.logger.info("final sync %d: weights %s", self.peers.syncs, self.peers.last_fingerprint)
+            self.logger.info("final sync %d: weights %s", *self.peers.last_sync)
         else:
             self.logger.warning("final sync failed (%s); this host's own weights are kept", failure)
 
