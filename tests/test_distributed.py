@@ -5,70 +5,50 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from bench_hosts import free_port, network_namespaces, torchrun_command, torchrun_env
 from checkpoint import load_checkpoint
 from tests.helpers import ROOT, alive, descendants, run_cli, wait_for
+from utils import UsageError
 
 PONG = "PongNoFrameskip-v4"
 CUE = "tests.pixel_envs:Cue-v0"
 RECALL = "tests.pixel_envs:Recall-v0"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Host:
     """One host of a run: a torchrun agent (in its own session, as a terminal would start it) and its files."""
 
     def __init__(self, index: int, root, env: str, endpoint: str, args, max_restarts=0, netns=None, hosts=2):
-        """`netns`: {"name", "addr", "ifname"} of the network namespace this host runs in, or None (loopback)."""
-        self.index, self.env = index, env
-        self.gloo_interface = netns["ifname"] if netns else None
+        """`netns`: the network namespace this host runs in (bench_hosts.network_namespaces), or None: loopback."""
+        self.index, self.env, self.netns = index, env, netns
         self.dir = root / f"host{index}"
         self.dir.mkdir(exist_ok=True)
-        self.command = [
-            *(["ip", "netns", "exec", netns["name"]] if netns else []),
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            *("--nnodes", str(hosts), "--nproc-per-node", "1", "--rdzv-backend", "c10d"),
-            *("--rdzv-endpoint", endpoint, "--rdzv-conf", f"is_host={int(index == 0)}"),
-            *("--max-restarts", str(max_restarts)),
-            *(["--local-addr", netns["addr"]] if netns else []),
-            "main.py",
-            *("--env", env, "--workers", "1", "--progress-interval", "1", "--test-interval", "1"),
+        flags = [
+            *("--env", env, "--workers", 1, "--progress-interval", 1, "--test-interval", 1),
             *("--log-dir", self.dir / "logs", "--save-model-dir", self.dir / "models"),
             *("--load-model-dir", self.dir / "models"),
             *args,
         ]
+        self.command = list(map(str, torchrun_command(index, hosts, endpoint, flags, max_restarts, netns)))
+        self.seen: set[int] = set()
         self.start()
 
     def start(self) -> None:
-        # torch's shared rendezvous store loses a host that rejoins after a restart; this turns it off
-        env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-        if self.gloo_interface:  # gloo's traffic on the host's own interface, not on what its hostname resolves to
-            env["GLOO_SOCKET_IFNAME"] = self.gloo_interface
-        out = open(self.dir / "out", "a")
-        self.agent = subprocess.Popen(
-            list(map(str, self.command)),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        out.close()
-        self.seen: set[int] = set()
+        with open(self.dir / "out", "a") as out:
+            self.agent = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=torchrun_env(self.netns),
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         name = self.env.replace(":", "_") + (f"_host{self.index}" if self.index else "") + "_log"
@@ -273,27 +253,12 @@ def test_torchrun_with_several_processes_per_host_is_refused(tmp_path):
 
 @pytest.fixture
 def namespaces():
-    """Two network namespaces joined by a veth pair, 10.77.0.1 and 10.77.0.2; skipped where they cannot be made."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("two network namespaces need root and iproute2's ip")
-    tag = f"a3c{os.getpid() % 100000}"
-    names = [f"{tag}h0", f"{tag}h1"]
-    setup = [
-        *[["ip", "netns", "add", name] for name in names],
-        ["ip", "link", "add", f"{tag}v0", "type", "veth", "peer", "name", f"{tag}v1"],
-        *[["ip", "link", "set", f"{tag}v{i}", "netns", names[i]] for i in range(2)],
-        *[["ip", "-n", names[i], "addr", "add", f"10.77.0.{i + 1}/24", "dev", f"{tag}v{i}"] for i in range(2)],
-        *[["ip", "-n", names[i], "link", "set", dev, "up"] for i in range(2) for dev in (f"{tag}v{i}", "lo")],
-    ]
+    """Two hosts with their own addresses; skipped where namespaces cannot be made (root, iproute2)."""
     try:
-        for command in setup:
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.skip(f"cannot make network namespaces here: {' '.join(command)}: {done.stderr.strip()}")
-        yield [{"name": names[i], "addr": f"10.77.0.{i + 1}", "ifname": f"{tag}v{i}"} for i in range(2)]
-    finally:
-        for name in names:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        with network_namespaces(f"t{os.getpid() % 100000}") as spaces:
+            yield spaces
+    except UsageError as e:
+        pytest.skip(str(e))
 
 
 def test_two_hosts_in_their_own_network_namespaces_sync_and_stop(hosts, namespaces):

@@ -1,0 +1,178 @@
+"""Multi-host scaling benchmark: training frames/s of one host against several torchrun hosts on this machine,
+over the loopback address and, with --netns, each host in a network namespace of its own (a veth pair).
+
+    python bench_hosts.py                                  # 1 host of 2 workers, then 2 hosts of 1 worker
+    python bench_hosts.py --workers 16 --netns --duration 120
+
+Every run is a real training run (main.py; under torchrun for several hosts) with the same total of workers,
+split evenly between the hosts; the rate is the run's global frame count over the last --duration seconds,
+read from host 0's progress lines. The hosts share this machine's cores, so the per-core figure is the
+total over the cores of the machine. Also the helpers that start hosts, which the multi-host tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
+
+from bench import hardware, write_json
+from utils import UsageError, safe_name
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SUBNET = "10.77.0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(index: int, hosts: int, endpoint: str, main_args, max_restarts: int = 0, netns=None) -> list:
+    """The command that starts host `index` of `hosts`: torchrun, one main.py, host 0 holding the rendezvous
+    store (is_host, so that hosts on one machine do not race for it). `netns`: see network_namespaces."""
+    return [
+        *(["ip", "netns", "exec", netns["name"]] if netns else []),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *("--nnodes", hosts, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint),
+        *("--rdzv-conf", f"is_host={int(index == 0)}", "--max-restarts", max_restarts),
+        *(["--local-addr", netns["addr"]] if netns else []),
+        os.path.join(ROOT, "main.py"),
+        *main_args,
+    ]
+
+
+def torchrun_env(netns=None) -> dict:
+    """The environment a host needs: torch's shared rendezvous store loses a host that rejoins after a restart
+    (so it is turned off), and in a namespace gloo must use its interface, not what the hostname resolves to."""
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    if netns:
+        env["GLOO_SOCKET_IFNAME"] = netns["ifname"]
+    return env
+
+
+@contextmanager
+def network_namespaces(tag: str):
+    """Two network namespaces joined by a veth pair, SUBNET.1 and SUBNET.2: two hosts with their own addresses.
+    Yields [{"name", "addr", "ifname"}] per host; raises UsageError where they cannot be made (root, iproute2)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        raise UsageError("network namespaces need root and iproute2's ip command")
+    names = [f"{tag}h0", f"{tag}h1"]
+    setup = [
+        *[["ip", "netns", "add", name] for name in names],
+        ["ip", "link", "add", f"{tag}v0", "type", "veth", "peer", "name", f"{tag}v1"],
+        *[["ip", "link", "set", f"{tag}v{i}", "netns", names[i]] for i in range(2)],
+        *[["ip", "-n", names[i], "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", f"{tag}v{i}"] for i in range(2)],
+        *[["ip", "-n", names[i], "link", "set", dev, "up"] for i in range(2) for dev in (f"{tag}v{i}", "lo")],
+    ]
+    try:
+        for command in setup:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise UsageError(f"cannot make network namespaces here: {' '.join(command)}: {done.stderr.strip()}")
+        yield [{"name": names[i], "addr": f"{SUBNET}.{i + 1}", "ifname": f"{tag}v{i}"} for i in range(2)]
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) frames ([\d,]+) \|", re.M)
+
+
+def steady_rate(log: str, seconds: float) -> float:
+    """Frames/s over the last `seconds` of a run's progress lines (global frames in a multi-host run)."""
+    points = [(datetime.fromisoformat(t).timestamp(), int(f.replace(",", ""))) for t, f in PROGRESS.findall(log)]
+    if len(points) < 2:
+        raise RuntimeError("the run logged fewer than two progress lines")
+    end_time, end_frames = points[-1]
+    start_time, start_frames = next(p for p in points if p[0] >= end_time - seconds)
+    if end_time <= start_time:
+        raise RuntimeError("the run's progress lines span no time")
+    return (end_frames - start_frames) / (end_time - start_time)
+
+
+def run_hosts(args, hosts: int, namespaces, root: str) -> float:
+    """One run of `hosts` hosts sharing args.workers; its steady frames/s."""
+    run_dir = tempfile.mkdtemp(prefix=f"{hosts}hosts-", dir=root)
+    per_host = max(1, args.workers // hosts)
+    flags = [
+        *("--env", args.env, "--workers", per_host, "--max-time", args.warmup + args.duration),
+        *("--progress-interval", args.progress_interval, "--log-dir", run_dir, "--save-model-dir", run_dir),
+        *args.train_args.split(),
+    ]
+    if hosts == 1:
+        commands, envs = [[sys.executable, os.path.join(ROOT, "main.py"), *flags]], [None]
+    else:
+        endpoint = f"{namespaces[0]['addr'] if namespaces else '127.0.0.1'}:{free_port()}"
+        spaces = namespaces or [None] * hosts
+        commands = [torchrun_command(i, hosts, endpoint, flags, netns=spaces[i]) for i in range(hosts)]
+        envs = [torchrun_env(space) for space in spaces]
+    processes = []
+    for i, (command, env) in enumerate(zip(commands, envs)):
+        with open(os.path.join(run_dir, f"host{i}.out"), "w") as out:
+            processes.append(
+                subprocess.Popen(list(map(str, command)), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            )
+    deadline = time.time() + args.warmup + args.duration + 180
+    for process in processes:
+        process.wait(max(1.0, deadline - time.time()))
+    with open(os.path.join(run_dir, f"{safe_name(args.env)}_log")) as f:
+        return steady_rate(f.read(), args.duration)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_hosts.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default="PongNoFrameskip-v4")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers in all, split between hosts")
+    p.add_argument("--hosts", type=int, default=2, help="hosts of the multi-host runs (2 with --netns)")
+    p.add_argument("--netns", action="store_true", help="also run the hosts in network namespaces of their own")
+    p.add_argument("--warmup", type=float, default=30.0, help="seconds from launch not counted")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds counted per run")
+    p.add_argument("--progress-interval", type=float, default=5.0)
+    p.add_argument("--train-args", default="", help='further main.py flags, e.g. "--sync-interval 5"')
+    p.add_argument("--json", default="logs/bench_hosts.json", help="where to write the results")
+    args = p.parse_args(argv)
+    try:
+        if args.hosts < 2 or args.workers < args.hosts or args.duration <= 0 or args.warmup < 0:
+            raise UsageError("--hosts must be at least 2, --workers at least --hosts, --duration positive")
+        if args.netns and args.hosts != 2:
+            raise UsageError("--netns makes two namespaces: pass --hosts 2")
+        root = tempfile.mkdtemp(prefix="bench-hosts-")
+        cores = os.cpu_count() or 1
+        print(f"{args.env}, {args.workers} workers in all: {hardware()}", flush=True)
+        variants = [("1 host", 1, False), (f"{args.hosts} hosts, loopback", args.hosts, False)]
+        if args.netns:
+            variants.append((f"{args.hosts} hosts, network namespaces", args.hosts, True))
+        results = {}
+        with network_namespaces(f"bh{os.getpid() % 100000}") if args.netns else nullcontext() as namespaces:
+            for name, hosts, own_netns in variants:
+                rate = run_hosts(args, hosts, namespaces if own_netns else None, root)
+                results[name] = {"hosts": hosts, "frames_per_s": rate, "frames_per_s_per_core": rate / cores}
+                print(f"{name}: {rate:,.0f} frames/s ({rate / cores:,.0f} per core)", flush=True)
+    except (UsageError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    base = results["1 host"]["frames_per_s"]
+    print("\n| run | frames/s | per core | vs 1 host |\n| --- | ---: | ---: | ---: |")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['frames_per_s']:,.0f} | {r['frames_per_s_per_core']:,.0f} "
+            f"| {r['frames_per_s'] / base:.2f}x |"
+        )
+    write_json(args.json, {"hardware": hardware(), "env": args.env, "workers": args.workers, "runs": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
