@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime
 
 from bench import hardware, write_json
+from metrics import read_metrics
 from utils import UsageError, safe_name
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -102,8 +103,9 @@ def steady_rate(log: str, seconds: float) -> float:
     return (end_frames - start_frames) / (end_time - start_time)
 
 
-def run_hosts(args, hosts: int, namespaces, root: str) -> float:
-    """One run of `hosts` hosts sharing args.workers; its steady frames/s."""
+def run_hosts(args, hosts: int, namespaces, root: str) -> dict:
+    """One run of `hosts` hosts sharing args.workers: its steady frames/s, and from launch to its end the
+    seconds, the frames and why it stopped (a --target-score in --train-args makes it a time to a score)."""
     run_dir = tempfile.mkdtemp(prefix=f"{hosts}hosts-", dir=root)
     per_host = max(1, args.workers // hosts)
     flags = [
@@ -118,17 +120,37 @@ def run_hosts(args, hosts: int, namespaces, root: str) -> float:
         spaces = namespaces or [None] * hosts
         commands = [torchrun_command(i, hosts, endpoint, flags, netns=spaces[i]) for i in range(hosts)]
         envs = [torchrun_env(space) for space in spaces]
+    launch = time.time()
     processes = []
     for i, (command, env) in enumerate(zip(commands, envs)):
         with open(os.path.join(run_dir, f"host{i}.out"), "w") as out:
             processes.append(
                 subprocess.Popen(list(map(str, command)), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
             )
-    deadline = time.time() + args.warmup + args.duration + 180
-    for process in processes:
-        process.wait(max(1.0, deadline - time.time()))
+    deadline = launch + args.warmup + args.duration + 180
+    try:
+        for process in processes:
+            process.wait(max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        raise RuntimeError(f"the {hosts}-host run did not stop in time (see {run_dir})") from None
+    seconds = time.time() - launch
     with open(os.path.join(run_dir, f"{safe_name(args.env)}_log")) as f:
-        return steady_rate(f.read(), args.duration)
+        log = f.read()
+    metrics = os.path.join(run_dir, f"{safe_name(args.env)}_metrics.csv")
+    rewards = [row["reward"] for row in read_metrics(metrics)] if os.path.exists(metrics) else []
+    trained = re.search(r"trained ([\d,]+) frames", log)
+    stop = re.search(r"stopping: (.*)", log)
+    return {
+        "hosts": hosts,
+        "frames_per_s": steady_rate(log, args.duration),
+        "seconds": seconds,
+        "frames": int(trained.group(1).replace(",", "")) if trained else None,
+        "stop_reason": stop.group(1) if stop else None,
+        "test_rewards": rewards,
+        "run_dir": run_dir,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,18 +179,29 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         with network_namespaces(f"bh{os.getpid() % 100000}") if args.netns else nullcontext() as namespaces:
             for name, hosts, own_netns in variants:
-                rate = run_hosts(args, hosts, namespaces if own_netns else None, root)
-                results[name] = {"hosts": hosts, "frames_per_s": rate, "frames_per_s_per_core": rate / cores}
-                print(f"{name}: {rate:,.0f} frames/s ({rate / cores:,.0f} per core)", flush=True)
+                result = run_hosts(args, hosts, namespaces if own_netns else None, root)
+                result["frames_per_s_per_core"] = result["frames_per_s"] / cores
+                results[name] = result
+                print(
+                    f"{name}: {result['frames_per_s']:,.0f} frames/s, stopped after {result['seconds']:.0f} s: "
+                    f"{result['stop_reason']}",
+                    flush=True,
+                )
     except (UsageError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     base = results["1 host"]["frames_per_s"]
-    print("\n| run | frames/s | per core | vs 1 host |\n| --- | ---: | ---: | ---: |")
+    print("\n| run | frames/s | per core | vs 1 host | launch to stop | frames | test games: best, last 5 | stop |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for name, r in results.items():
+        games = "none"
+        if r["test_rewards"]:
+            last = ", ".join(f"{x:g}" for x in r["test_rewards"][-5:])
+            games = f"{len(r['test_rewards'])}: best {max(r['test_rewards']):g}, last {last}"
         print(
             f"| {name} | {r['frames_per_s']:,.0f} | {r['frames_per_s_per_core']:,.0f} "
-            f"| {r['frames_per_s'] / base:.2f}x |"
+            f"| {r['frames_per_s'] / base:.2f}x | {r['seconds']:.0f} s | {r['frames'] or 0:,} | {games} "
+            f"| {r['stop_reason']} |"
         )
     write_json(args.json, {"hardware": hardware(), "env": args.env, "workers": args.workers, "runs": results})
     return 0

@@ -3,6 +3,7 @@ namespaces joined by a veth pair; real gloo traffic, real signals and kills."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -270,3 +271,15 @@ def test_two_hosts_in_their_own_network_namespaces_sync_and_stop(hosts, namespac
     assert "stopping: host 0 was interrupted" in h1.log(), h1.log()[-2000:]
     assert_synced_and_stopped(h0, h1)
     assert_nothing_left(h0, h1)
+
+
+def test_bench_hosts_compares_one_host_with_two(tmp_path):
+    out = tmp_path / "hosts.json"
+    args = ("--env", CUE, "--workers", 2, "--warmup", 3, "--duration", 6, "--progress-interval", 1)
+    result = run_cli("bench_hosts.py", *args, "--json", out, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 1 host |" in result.stdout and "| 2 hosts, loopback |" in result.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["hosts"] for r in runs.values()] == [1, 2]
+    for run in runs.values():
+        assert run["frames_per_s"] > 0 and run["frames"] > 0 and run["stop_reason"] == "reached --max-time 9 s"
