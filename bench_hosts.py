@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -111,7 +112,7 @@ def run_hosts(args, hosts: int, namespaces, root: str) -> dict:
     flags = [
         *("--env", args.env, "--workers", per_host, "--max-time", args.warmup + args.duration),
         *("--progress-interval", args.progress_interval, "--log-dir", run_dir, "--save-model-dir", run_dir),
-        *args.train_args.split(),
+        *shlex.split(args.train_args),
     ]
     if hosts == 1:
         commands, envs = [[sys.executable, os.path.join(ROOT, "main.py"), *flags]], [None]

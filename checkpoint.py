@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from utils import UsageError
+from utils import UsageError, first_line
 
 if TYPE_CHECKING:
     from settings import Config
@@ -107,7 +107,7 @@ def load_checkpoint(path: str) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason}): use another file") from None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         data.pop("format")

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from checkpoint import Checkpoint
 from settings import Config
 from shared import RunShared
-from utils import UsageError
+from utils import UsageError, first_line
 
 # What must be the same on every host, or the collectives would not fit or the hosts would learn apart.
 MUST_MATCH = ("env", "hidden_size", "sync_op", "sync_interval")
@@ -106,11 +106,6 @@ class Cluster:
             dist.destroy_process_group()
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def fingerprint(weights: torch.Tensor) -> str:
     """A short checksum of a host's synced weights: equal on every host after each sync (logged to show it)."""
     return f"{zlib.crc32(weights.numpy().tobytes()):08x}"
@@ -134,7 +129,7 @@ class HostSync(threading.Thread):
         for param in self.params:  # every host starts from the same weights: host 0's (all resumed the same)
             dist.broadcast(param, src=0)
         self.anchor = self.flat_weights()  # the weights of the last sync, the same on every host
-        self.resumed = self.counters.table[:, -1].clone()  # frames, updates, dropped before this run
+        self.resumed = self.counters.base()  # frames, updates, dropped before this run
         self.wake = threading.Event()
         self.workers_down = threading.Event()
         self.local_stop = 0
@@ -189,7 +184,7 @@ class HostSync(threading.Thread):
     def control_round(self) -> bool:
         """One all-reduce of counts, sync votes and stop requests; False once any host asked to stop."""
         hosts = self.cluster.hosts
-        local = self.local_counts()
+        local = self.counters.this_run()
         control = torch.zeros(4 + hosts, dtype=torch.int64)
         control[:3] = local
         control[3] = time.monotonic() >= self.next_sync
@@ -206,19 +201,15 @@ class HostSync(threading.Thread):
 
     def final_round(self) -> None:
         """With the workers down: exact totals of the counters, and the last weight sync."""
-        local = self.local_counts()
+        local = self.counters.this_run()
         totals = local.clone()
         dist.all_reduce(totals)
         self.set_totals(totals, local)
         self.sync_weights(final=True)
 
-    def local_counts(self) -> torch.Tensor:
-        """This host's frames, updates and dropped updates in this run."""
-        return self.counters.table[:, :-1].sum(dim=1)
-
     def set_totals(self, totals: torch.Tensor, local: torch.Tensor) -> None:
         """Make the Counters read the run's totals: the base slot holds what the other hosts counted."""
-        self.counters.table[:, -1] = self.resumed + totals - local
+        self.counters.set_base(self.resumed + totals - local)
 
     def sync_weights(self, final: bool) -> None:
         """Apply the hosts' mean (or summed) change since the last sync. The weights are read once and corrected

@@ -201,8 +201,8 @@ class Supervisor:
             return
         if self.peers.error is not None:
             self.request_stop(f"lost the other hosts ({self.peers.error})", EXIT_FAILED)
-        elif self.peers.stopped_by() is not None:
-            host, why, failed = self.peers.stopped_by()
+        elif (stopped := self.peers.stopped_by()) is not None:
+            host, why, failed = stopped
             self.request_stop(f"host {host} {why}", EXIT_FAILED if failed else 0)
 
     def check_signals(self) -> None:

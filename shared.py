@@ -54,6 +54,17 @@ class Counters:
     def worker_updates(self) -> list[int]:
         return self.table[1, :-1].tolist()
 
+    def this_run(self) -> torch.Tensor:
+        """Frames, updates and dropped updates that this process group's workers counted in this run."""
+        return self.table[:, :-1].sum(dim=1)
+
+    def base(self) -> torch.Tensor:
+        """Frames, updates and dropped updates counted outside the workers' slots (resumed, other hosts)."""
+        return self.table[:, -1].clone()
+
+    def set_base(self, counts: torch.Tensor) -> None:
+        self.table[:, -1] = counts
+
     @property
     def frames(self) -> int:
         return int(self.table[0].sum())

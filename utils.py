@@ -12,6 +12,12 @@ def safe_name(env_id: str) -> str:
     return env_id.replace("/", "_").replace(":", "_").replace("\\", "_")
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line, for a one-line message (its type where it has no text)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:02d}h {seconds % 3600 // 60:02d}m {seconds % 60:02d}s"
