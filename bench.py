@@ -3,7 +3,6 @@
     python bench.py                      # workers = cores, CPU
     python bench.py --gpu-ids 0 --workers 16 --envs-per-worker 4
     python bench.py --phases             # also: where one worker's time goes, per agent step
-    python bench.py --to-score 18 --window 5 --seeds 1 2 --max-time 2400   # time to a score, from launch
 
 Both variants run the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
@@ -11,10 +10,7 @@ memory layout; the fast path keeps only the convolutions' graph while acting, re
 heads over each rollout in one batched pass, and runs channels-last convolutions. Variants alternate
 for --rounds rounds, so the ratio holds on a noisy machine. Prints a table and writes JSON.
 
---to-score X launches real training runs (python main.py, one per seed, one after another) and
-reports the wall-clock seconds and frames from launch until the first test game reaches X and
-until the mean of --window consecutive test games does, with a per-minute timeline; several seeds
-give a median and a spread. --train-args passes further main.py flags ("--lr 2e-4 --tau 0.92").
+Time to a score, what a user waits for, is bench_score.py's.
 """
 
 from __future__ import annotations
@@ -23,9 +19,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +30,10 @@ import torch.multiprocessing as mp
 
 from environment import describe_env
 from launcher import build_run
-from metrics import read_metrics
 from settings import Config, check_gpus
 from shared import Counters
 from train import Worker, train_worker
-from utils import UsageError, safe_name
+from utils import UsageError
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -147,160 +140,6 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores" + (f", {', '.join(gpus)}" if gpus else "") + f", torch {torch.__version__}"
 
 
-# ---------------------------------------------------------------- time to a score
-
-
-def first_reaching(rows: list[dict], score: float, window: int) -> dict | None:
-    """The first test game after which the mean of the last `window` games is >= score (window 1: that game)."""
-    rewards = [row["reward"] for row in rows]
-    for i in range(window - 1, len(rows)):
-        if statistics.fmean(rewards[i - window + 1 : i + 1]) >= score:
-            return {"seconds": rows[i]["since_launch"], "frames": int(rows[i]["frames"]), "games": i + 1}
-    return None
-
-
-def timeline(rows: list[dict], window: int, seconds: float) -> list[dict]:
-    """One entry per minute since launch: frames and test results as of the last test game before it."""
-    out = []
-    for minute in range(1, int(seconds // 60) + 1):
-        done = [row for row in rows if row["since_launch"] <= minute * 60]
-        if not done:
-            out.append({"minute": minute, "games": 0})
-            continue
-        recent = [row["reward"] for row in done[-window:]]
-        out.append(
-            {
-                "minute": minute,
-                "games": len(done),
-                "frames": int(done[-1]["frames"]),
-                "last": done[-1]["reward"],
-                "mean": statistics.fmean(recent),
-            }
-        )
-    return out
-
-
-def train_to_score(args, seed: int, root: str) -> dict:
-    """One real training run from launch until the score is reached or --max-time; its results as data."""
-    run_dir = os.path.join(root, f"seed{seed}")
-    flags = [
-        *("--env", args.env, "--workers", args.workers, "--seed", seed, "--gpu-ids", *args.gpu_ids),
-        *("--envs-per-worker", args.envs_per_worker, "--bf16", args.bf16),
-        *("--target-score", args.to_score, "--target-window", args.window, "--max-time", args.max_time),
-        *("--log-dir", run_dir, "--save-model-dir", run_dir, "--load-model-dir", run_dir),
-        *shlex.split(args.train_args),
-    ]
-    metrics = os.path.join(run_dir, f"{safe_name(args.env)}_metrics.csv")
-    os.makedirs(run_dir, exist_ok=True)
-    launch = time.time()
-    with open(os.path.join(run_dir, "main.out"), "w") as out:
-        main_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
-        process = subprocess.Popen([sys.executable, main_py, *map(str, flags)], stdout=out, stderr=subprocess.STDOUT)
-        shown, interrupted = 0, False
-        try:
-            while process.poll() is None:
-                time.sleep(1.0)
-                minute = int((time.time() - launch) // 60)
-                if minute > shown and os.path.exists(metrics):
-                    shown = minute
-                    rows = read_metrics(metrics)
-                    recent = [r["reward"] for r in rows[-args.window :]]
-                    mean = f"{statistics.fmean(recent):.1f}" if recent else "-"
-                    frames = f"{rows[-1]['frames'] / 1e6:.2f} M" if rows else "-"
-                    print(
-                        f"  seed {seed}: {minute} min, {frames} frames, {len(rows)} games, mean({args.window}) {mean}",
-                        flush=True,
-                    )
-        except KeyboardInterrupt:  # main.py got the Ctrl-C too: it saves and stops
-            interrupted = True
-            process.wait()
-    seconds = time.time() - launch
-    rows = read_metrics(metrics) if os.path.exists(metrics) else []
-    for row in rows:
-        row["since_launch"] = row["wall_time"] - launch
-    return {
-        "seed": seed,
-        "exit_code": process.returncode,
-        "interrupted": interrupted,
-        "seconds": seconds,
-        "games": len(rows),
-        "first_game": first_reaching(rows, args.to_score, 1),
-        "mean": first_reaching(rows, args.to_score, args.window),
-        "timeline": timeline(rows, args.window, seconds),
-        "run_dir": run_dir,
-    }
-
-
-def reached_cell(hit: dict | None) -> str:
-    return "not reached" if hit is None else f"{hit['seconds'] / 60:.1f} min, {hit['frames'] / 1e6:.2f} M frames"
-
-
-def spread(runs: list[dict], key: str, field: str) -> dict | None:
-    """Median, min and max over the runs that reached the score (None if none did)."""
-    values = [run[key][field] for run in runs if run[key] is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
-
-
-def run_to_score(args) -> int:
-    root = tempfile.mkdtemp(prefix="to-score-", dir=args.runs_dir)
-    print(
-        f"{args.env}: time to a test mean of {args.window} games >= {args.to_score:g}, seeds {args.seeds}, "
-        f"{args.workers} workers, devices {args.gpu_ids}, at most {args.max_time:g} s each: {hardware()}",
-        flush=True,
-    )
-    runs = []
-    for seed in args.seeds:
-        run = train_to_score(args, seed, root)
-        runs.append(run)
-        if run["exit_code"] != 0:
-            print(f"error: seed {seed}: main.py exited with {run['exit_code']} (see {run['run_dir']}/main.out)")
-        if run["interrupted"]:
-            print(f"interrupted during seed {seed}: reporting the runs so far")
-            break
-    print(f"\n| seed | first game >= {args.to_score:g} | mean({args.window}) >= {args.to_score:g} | games |")
-    print("| --- | --- | --- | ---: |")
-    for run in runs:
-        cells = [reached_cell(run[key]) for key in ("first_game", "mean")]
-        print(f"| {run['seed']} | {cells[0]} | {cells[1]} | {run['games']} |")
-    summary = {key: {f: spread(runs, key, f) for f in ("seconds", "frames")} for key in ("first_game", "mean")}
-    for key, label in (("first_game", "first game"), ("mean", f"mean({args.window})")):
-        s, f = summary[key]["seconds"], summary[key]["frames"]
-        if s is None:
-            print(f"{label} >= {args.to_score:g}: reached by no run")
-            continue
-        print(
-            f"{label} >= {args.to_score:g}: median {s['median'] / 60:.1f} min (spread {s['min'] / 60:.1f}-"
-            f"{s['max'] / 60:.1f}), median {f['median'] / 1e6:.2f} M frames, {s['runs']} of {len(runs)} runs"
-        )
-    for run in runs:
-        print(f"\nseed {run['seed']}, per minute:\n| minute | frames | games | last | mean({args.window}) |")
-        print("| ---: | ---: | ---: | ---: | ---: |")
-        for entry in run["timeline"]:
-            if entry["games"]:
-                print(
-                    f"| {entry['minute']} | {entry['frames'] / 1e6:.2f} M | {entry['games']} | {entry['last']:g} "
-                    f"| {entry['mean']:.1f} |"
-                )
-    write_json(
-        args.json,
-        {
-            "hardware": hardware(),
-            "env": args.env,
-            "to_score": args.to_score,
-            "window": args.window,
-            "workers": args.workers,
-            "gpu_ids": args.gpu_ids,
-            "train_args": args.train_args,
-            "max_time_s": args.max_time,
-            "runs": runs,
-            "summary": summary,
-        },
-    )
-    return 0
-
-
 def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -321,27 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", action="store_true", help="also time each phase of one worker's loop in-process")
     p.add_argument("--phase-updates", type=int, default=40, help="updates timed per variant with --phases")
     p.add_argument("--json", default="logs/bench.json", help="where to write the results")
-    p.add_argument("--to-score", type=float, help="time-to-score mode: train until the test mean reaches this")
-    p.add_argument("--window", type=int, default=5, help="test games averaged for --to-score")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one training run per seed, for --to-score")
-    p.add_argument("--max-time", type=float, default=3600.0, help="seconds each --to-score run may take at most")
-    p.add_argument("--train-args", default="", help='further main.py flags for --to-score runs, e.g. "--tau 0.92"')
-    p.add_argument("--runs-dir", default="logs", help="where --to-score runs keep their logs and checkpoints")
     args = p.parse_args(argv)
     try:
         if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.phase_updates < 1 or args.workers < 1:
             raise UsageError("--duration, --rounds, --phase-updates and --workers must be positive, --warmup >= 0")
-        if args.window < 1 or args.max_time <= 0:
-            raise UsageError("--window and --max-time must be positive")
         check_gpus(args.gpu_ids)
         num_actions = describe_env(args.env, "config.json")
-        if args.to_score is not None:
-            os.makedirs(args.runs_dir, exist_ok=True)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.to_score is not None:
-        return run_to_score(args)
     log_dir = tempfile.mkdtemp(prefix="bench-logs-")  # worker error logs stay out of the user's training log
     common = Config(env=args.env, workers=args.workers, gpu_ids=tuple(args.gpu_ids), log_dir=log_dir)
     variants = {

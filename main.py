@@ -31,6 +31,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
+        prog="main.py",
         description="A3C-LSTM / A3G training on Atari (gymnasium + ale-py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -1,0 +1,273 @@
+"""Time-to-score benchmark: real training runs from launch until the test games reach a score.
+
+    python bench_score.py --score 18 --window 5 --seeds 1 2 --max-time 2400
+    python bench_score.py --score 18 --milestones -10 0 10 --train-args "" "--tau 0.92 --lr 2e-4"
+
+Each run is a real `python main.py` (stopped by --target-score or --max-time) with its own logs and
+checkpoints under --runs-dir. Reported per run, from launch: the wall-clock seconds and frames until
+the first test game reaches the score, and until the mean of --window consecutive test games reaches
+each milestone and the score; a per-minute timeline; per variant a median and a spread over the
+seeds. Milestones compare runs that stop before the score: frames to a milestone measure learning
+per frame whatever the machine's speed.
+
+Several --train-args strings are variants compared side by side: the runs alternate variants seed by
+seed (seed 1 of each variant, then seed 2 of each), so a machine that drifts in speed drifts for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench import hardware, write_json
+from environment import describe_env
+from main import parse_config
+from metrics import read_metrics
+from settings import check_values
+from utils import UsageError, safe_name
+
+
+def first_reaching(rows: list[dict], score: float, window: int) -> dict | None:
+    """The first test game after which the mean of the last `window` games is >= score (window 1: that game)."""
+    rewards = [row["reward"] for row in rows]
+    for i in range(window - 1, len(rows)):
+        if statistics.fmean(rewards[i - window + 1 : i + 1]) >= score:
+            return {"seconds": rows[i]["since_launch"], "frames": int(rows[i]["frames"]), "games": i + 1}
+    return None
+
+
+def timeline(rows: list[dict], window: int, seconds: float) -> list[dict]:
+    """One entry per minute since launch: frames and test results as of the last test game before it."""
+    out = []
+    for minute in range(1, int(seconds // 60) + 1):
+        done = [row for row in rows if row["since_launch"] <= minute * 60]
+        if not done:
+            out.append({"minute": minute, "games": 0})
+            continue
+        recent = [row["reward"] for row in done[-window:]]
+        out.append(
+            {
+                "minute": minute,
+                "games": len(done),
+                "frames": int(done[-1]["frames"]),
+                "last": done[-1]["reward"],
+                "mean": statistics.fmean(recent),
+            }
+        )
+    return out
+
+
+def variant_name(train_args: str) -> str:
+    return train_args.strip() or "defaults"
+
+
+def main_flags(args, train_args: str, seed: int, run_dir: str) -> list[str]:
+    """The main.py command line of one run."""
+    flags = [
+        *("--env", args.env, "--workers", args.workers, "--seed", seed, "--gpu-ids", *args.gpu_ids),
+        *("--target-score", args.score, "--target-window", args.window, "--max-time", args.max_time),
+        *("--log-dir", run_dir, "--save-model-dir", run_dir, "--load-model-dir", run_dir),
+    ]
+    return [*map(str, flags), *shlex.split(train_args)]
+
+
+def train_to_score(args, train_args: str, seed: int, run_dir: str) -> dict:
+    """One real training run from launch until the score is reached or --max-time; its results as data."""
+    metrics = os.path.join(run_dir, f"{safe_name(args.env)}_metrics.csv")
+    os.makedirs(run_dir, exist_ok=True)
+    label = f"{variant_name(train_args)}, seed {seed}"
+    launch = time.time()
+    with open(os.path.join(run_dir, "main.out"), "w") as out:
+        main_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+        command = [sys.executable, main_py, *main_flags(args, train_args, seed, run_dir)]
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        shown, interrupted = 0, False
+        try:
+            while process.poll() is None:
+                time.sleep(1.0)
+                minute = int((time.time() - launch) // 60)
+                if minute > shown and os.path.exists(metrics):
+                    shown = minute
+                    rows = read_metrics(metrics)
+                    recent = [r["reward"] for r in rows[-args.window :]]
+                    mean = f"{statistics.fmean(recent):.1f}" if recent else "-"
+                    frames = f"{rows[-1]['frames'] / 1e6:.2f} M" if rows else "-"
+                    print(
+                        f"  {label}: {minute} min, {frames} frames, {len(rows)} games, mean({args.window}) {mean}",
+                        flush=True,
+                    )
+        except KeyboardInterrupt:  # main.py got the Ctrl-C too: it saves and stops
+            interrupted = True
+            process.wait()
+    seconds = time.time() - launch
+    rows = read_metrics(metrics) if os.path.exists(metrics) else []
+    for row in rows:
+        row["since_launch"] = row["wall_time"] - launch
+    return {
+        "variant": variant_name(train_args),
+        "train_args": train_args,
+        "seed": seed,
+        "exit_code": process.returncode,
+        "interrupted": interrupted,
+        "seconds": seconds,
+        "frames": int(rows[-1]["frames"]) if rows else 0,
+        "games": len(rows),
+        "first_game": first_reaching(rows, args.score, 1),
+        "mean": first_reaching(rows, args.score, args.window),
+        "milestones": {str(m): first_reaching(rows, m, args.window) for m in args.milestones},
+        "timeline": timeline(rows, args.window, seconds),
+        "run_dir": run_dir,
+    }
+
+
+def reached_cell(hit: dict | None) -> str:
+    return "not reached" if hit is None else f"{hit['seconds'] / 60:.1f} min, {hit['frames'] / 1e6:.2f} M frames"
+
+
+def spread(hits: list[dict | None], field: str) -> dict | None:
+    """Median, min and max of a field over the runs that reached a score (None if none did)."""
+    values = [hit[field] for hit in hits if hit is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def summarise(runs: list[dict], args) -> dict:
+    """Per variant: the spread of seconds and frames to the first game, each milestone and the mean."""
+    summary = {}
+    for name in dict.fromkeys(run["variant"] for run in runs):
+        mine = [run for run in runs if run["variant"] == name]
+        targets = {"first_game": [run["first_game"] for run in mine], "mean": [run["mean"] for run in mine]}
+        targets |= {f"milestone {m}": [run["milestones"][str(m)] for run in mine] for m in args.milestones}
+        summary[name] = {
+            key: {"seconds": spread(hits, "seconds"), "frames": spread(hits, "frames"), "of": len(mine)}
+            for key, hits in targets.items()
+        }
+    return summary
+
+
+def print_report(runs: list[dict], summary: dict, args) -> None:
+    w = args.window
+    goals = [*(f"mean({w}) >= {m:g}" for m in args.milestones), f"mean({w}) >= {args.score:g}"]
+    print(f"\n| variant | seed | first game >= {args.score:g} | {' | '.join(goals)} | frames | games |")
+    print(f"| --- | --- | --- |{' --- |' * len(goals)} ---: | ---: |")
+    for run in runs:
+        cells = [reached_cell(run["first_game"])]
+        cells += [reached_cell(run["milestones"][str(m)]) for m in args.milestones] + [reached_cell(run["mean"])]
+        print(
+            f"| {run['variant']} | {run['seed']} | {' | '.join(cells)} | {run['frames'] / 1e6:.2f} M | {run['games']} |"
+        )
+    print()
+    labels = {"first_game": f"first game >= {args.score:g}", "mean": f"mean({w}) >= {args.score:g}"}
+    labels |= {f"milestone {m}": f"mean({w}) >= {m:g}" for m in args.milestones}
+    for name, targets in summary.items():
+        for key in ("first_game", *(f"milestone {m}" for m in args.milestones), "mean"):
+            s, f, of = targets[key]["seconds"], targets[key]["frames"], targets[key]["of"]
+            if s is None:
+                print(f"{name}: {labels[key]}: reached by no run")
+                continue
+            print(
+                f"{name}: {labels[key]}: median {s['median'] / 60:.1f} min (spread {s['min'] / 60:.1f}-"
+                f"{s['max'] / 60:.1f}), median {f['median'] / 1e6:.2f} M frames, {s['runs']} of {of} runs"
+            )
+    for run in runs:
+        print(f"\n{run['variant']}, seed {run['seed']}, per minute:\n| minute | frames | games | last | mean({w}) |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for entry in run["timeline"]:
+            if entry["games"]:
+                print(
+                    f"| {entry['minute']} | {entry['frames'] / 1e6:.2f} M | {entry['games']} | {entry['last']:g} "
+                    f"| {entry['mean']:.1f} |"
+                )
+
+
+def run_benchmark(args) -> int:
+    root = tempfile.mkdtemp(prefix="to-score-", dir=args.runs_dir)
+    print(
+        f"{args.env}: time to a test mean of {args.window} games >= {args.score:g}, seeds {args.seeds}, "
+        f"variants {[variant_name(v) for v in args.train_args]}, {args.workers} workers, devices {args.gpu_ids}, "
+        f"at most {args.max_time:g} s each: {hardware()}",
+        flush=True,
+    )
+    runs = []
+    for seed in args.seeds:
+        for index, train_args in enumerate(args.train_args):
+            run = train_to_score(args, train_args, seed, os.path.join(root, f"variant{index}_seed{seed}"))
+            runs.append(run)
+            if run["exit_code"] != 0:
+                print(
+                    f"error: {run['variant']}, seed {seed}: main.py exited with {run['exit_code']} "
+                    f"(see {run['run_dir']}/main.out)"
+                )
+            if run["interrupted"]:
+                break
+        if runs and runs[-1]["interrupted"]:
+            print("interrupted: reporting the runs so far")
+            break
+    summary = summarise(runs, args)
+    print_report(runs, summary, args)
+    write_json(
+        args.json,
+        {
+            "hardware": hardware(),
+            "env": args.env,
+            "score": args.score,
+            "window": args.window,
+            "milestones": args.milestones,
+            "workers": args.workers,
+            "gpu_ids": args.gpu_ids,
+            "variants": args.train_args,
+            "max_time_s": args.max_time,
+            "runs": runs,
+            "summary": summary,
+        },
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="PongNoFrameskip-v4")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--gpu-ids", type=int, nargs="+", default=[-1])
+    p.add_argument("--score", type=float, required=True, help="train until the test mean reaches this")
+    p.add_argument("--window", type=int, default=5, help="consecutive test games averaged")
+    p.add_argument("--milestones", type=float, nargs="+", default=[], help="lower scores also timed, e.g. -10 0 10")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one training run per seed and variant")
+    p.add_argument("--max-time", type=float, default=3600.0, help="seconds each run may take at most")
+    p.add_argument(
+        "--train-args",
+        nargs="+",
+        default=[""],
+        help='further main.py flags; several strings are variants compared side by side: "" "--tau 0.92"',
+    )
+    p.add_argument("--runs-dir", default="logs", help="where the runs keep their logs and checkpoints")
+    p.add_argument("--json", default="logs/bench_score.json", help="where to write the results")
+    args = p.parse_args(argv)
+    try:
+        if args.window < 1 or args.max_time <= 0 or args.workers < 1:
+            raise UsageError("--window, --workers and --max-time must be positive")
+        if any(m >= args.score for m in args.milestones):
+            raise UsageError(f"--milestones must lie below --score {args.score:g}, got {args.milestones}")
+        args.milestones = sorted(args.milestones)
+        for train_args in args.train_args:  # a bad flag stops here, as main.py would report it, before any run
+            check_values(parse_config(main_flags(args, train_args, args.seeds[0], args.runs_dir)))
+        describe_env(args.env, "config.json")
+        os.makedirs(args.runs_dir, exist_ok=True)
+    except ValueError as e:
+        print(f"error: --train-args cannot be split into flags ({e})", file=sys.stderr)
+        return 2
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_benchmark(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

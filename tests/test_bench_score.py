@@ -1,0 +1,79 @@
+"""bench_score.py: real training runs per seed and variant, timed from launch to milestones and the score."""
+
+import json
+import os
+from types import SimpleNamespace
+
+from bench_score import first_reaching, summarise
+from metrics import read_metrics
+from tests.helpers import run_cli
+
+CUE = ("--env", "tests.pixel_envs:Cue-v0", "--workers", 1)
+
+
+def test_first_reaching_is_the_first_window_whose_mean_reaches_the_score():
+    rows = [{"reward": r, "since_launch": 10.0 * i, "frames": 100 * i} for i, r in enumerate([-21, 5, 19, 17, 20])]
+    assert first_reaching(rows, 18, 1) == {"seconds": 20.0, "frames": 200, "games": 3}
+    assert first_reaching(rows, 18.5, 2) == {"seconds": 40.0, "frames": 400, "games": 5}  # (17 + 20) / 2
+    assert first_reaching(rows, 10, 3) == {"seconds": 30.0, "frames": 300, "games": 4}  # (5 + 19 + 17) / 3
+    assert first_reaching(rows, 19, 2) is None
+    assert first_reaching(rows[:1], -30, 2) is None  # fewer games than the window
+
+
+def test_summary_is_per_variant_over_the_runs_that_reached_each_score():
+    def run(variant, frames):
+        hit = None if frames is None else {"seconds": frames / 100, "frames": frames, "games": 5}
+        return {"variant": variant, "first_game": hit, "mean": hit, "milestones": {"0.0": hit}}
+
+    runs = [run("defaults", 300), run("--lr 2e-4", 100), run("defaults", 500), run("--lr 2e-4", None)]
+    summary = summarise(runs, SimpleNamespace(milestones=[0.0]))
+    assert list(summary) == ["defaults", "--lr 2e-4"]
+    assert summary["defaults"]["mean"]["frames"] == {"median": 400, "min": 300, "max": 500, "runs": 2}
+    assert summary["--lr 2e-4"]["milestone 0.0"]["frames"]["runs"] == 1 and summary["--lr 2e-4"]["mean"]["of"] == 2
+
+
+def test_variants_run_side_by_side_and_report_milestones_time_and_frames(tmp_path):
+    out = tmp_path / "score.json"
+    variants = ("--test-interval 0", "--test-interval 0 --lr 2e-4")
+    args = (*CUE, "--score", 0, "--window", 2, "--milestones", -1, "--seeds", 3, "--max-time", 120)
+    result = run_cli(
+        "bench_score.py", *args, "--train-args", *variants, "--runs-dir", tmp_path, "--json", out, timeout=400
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for variant in variants:
+        for score in (0, -1):
+            assert f"{variant}: mean(2) >= {score}: median" in result.stdout
+    data = json.loads(out.read_text())
+    assert [(run["variant"], run["seed"]) for run in data["runs"]] == [(v, 3) for v in variants]
+    for run in data["runs"]:
+        assert run["exit_code"] == 0 and run["games"] >= 2
+        assert run["mean"]["games"] == 2 and 0 < run["first_game"]["seconds"] <= run["mean"]["seconds"] < 120
+        assert run["milestones"]["-1.0"] == run["mean"]  # a mean >= 0 is >= -1 at the same game
+        # the frames reported are those the run had counted at that game (0 if the test process played both
+        # games before the worker's first update, as it may on a busy machine)
+        rows = read_metrics(os.path.join(run["run_dir"], "tests.pixel_envs_Cue-v0_metrics.csv"))
+        assert run["mean"]["frames"] == int(rows[run["mean"]["games"] - 1]["frames"])
+        assert run["frames"] == int(rows[-1]["frames"])
+    assert set(data["summary"]) == set(variants)
+    assert data["summary"][variants[1]]["mean"]["frames"]["runs"] == 1
+
+
+def test_a_score_that_is_not_reached_says_so(tmp_path):
+    args = (*CUE, "--score", 1000, "--max-time", 6)
+    result = run_cli("bench_score.py", *args, "--runs-dir", tmp_path, "--json", tmp_path / "o.json", timeout=200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "defaults: mean(5) >= 1000: reached by no run" in result.stdout
+    run = json.loads((tmp_path / "o.json").read_text())["runs"][0]
+    assert run["mean"] is None and run["first_game"] is None
+
+
+def test_bad_variant_flags_and_milestones_are_one_line_before_any_run(tmp_path):
+    for extra, expected in (
+        (("--train-args", "", "--lr 2e-4 --bogus 1"), "--bogus"),
+        (("--train-args", "--workers 0"), "--workers"),
+        (("--milestones", 0, 20), "--milestones"),
+    ):
+        result = run_cli("bench_score.py", *CUE, "--score", 18, *extra, "--runs-dir", tmp_path / "runs")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
+        assert not (tmp_path / "runs").exists()
