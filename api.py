@@ -85,8 +85,9 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
         logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
     devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
     logger.info(
-        "training %s with %d workers on %s; logs in %s, checkpoints in %s",
-        *(cfg.env, cfg.workers, devices, cfg.log_dir, cfg.save_model_dir),
+        "training %s with %d workers on %s, %s test games; logs in %s, checkpoints in %s",
+        *(cfg.env, cfg.workers, devices, "sampled" if cfg.test_stochastic else "greedy"),
+        *(cfg.log_dir, cfg.save_model_dir),
     )
     run = build_run(cfg, num_actions, ckpt, logger)
     peers = None

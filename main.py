@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", default=True, help="channels-last memory layout for the convolutions", **flag)
     p.add_argument("--bf16", default=False, help="bfloat16 autocast for the convolutions", **flag)
     p.add_argument("--test-interval", type=float, default=5.0, help="seconds the test process waits between games")
+    p.add_argument(
+        "--test-stochastic",
+        default=False,
+        help="test games sample actions from the policy instead of argmax (as gym_eval.py --stochastic)",
+        **flag,
+    )
     p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many frames (0: no limit)")
     p.add_argument("--max-time", type=float, default=0.0, help="stop after this many seconds (0: no limit)")

@@ -44,6 +44,7 @@ class Config:
     channels_last: bool = True
     bf16: bool = False
     test_interval: float = 5.0
+    test_stochastic: bool = False
     progress_interval: float = 10.0
     max_steps: int = 0
     max_time: float = 0.0

@@ -1,4 +1,5 @@
-"""The test process: plays greedy games with the latest shared weights, logs, plots and checkpoints."""
+"""The test process: plays games (greedy, or sampled with --test-stochastic) with the latest shared weights,
+logs, plots and checkpoints."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def run_tests(run: RunShared, best_score: float | None, logger):
     try:
         while not should_stop():
             link.pull()
-            game = play_game(agent, greedy=True, should_stop=should_stop)
+            game = play_game(agent, greedy=not cfg.test_stochastic, should_stop=should_stop)
             if game is None:
                 break
             reward, length, _ = game

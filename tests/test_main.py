@@ -103,7 +103,8 @@ def test_pipeline_learns_a_memory_task(run_dirs):
 
 
 def test_other_flags_run_end_to_end(run_dirs):
-    """Batched envs, per-rank rollout lengths, RMSprop, private optimizers, clipping, --save-max, textbook."""
+    """Batched envs, per-rank rollout lengths, RMSprop, private optimizers, clipping, --save-max, sampled test
+    games, textbook."""
     for extra in (
         [
             "--envs-per-worker",
@@ -118,6 +119,7 @@ def test_other_flags_run_end_to_end(run_dirs):
             "--max-grad-norm",
             40,
             "--save-max",
+            "--test-stochastic",
             "--max-steps",
             1500,
         ],
@@ -136,6 +138,7 @@ def test_other_flags_run_end_to_end(run_dirs):
             timeout=120,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        assert ("sampled test games" in result.stdout) == ("--test-stochastic" in extra), result.stdout
     last = load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0_last.dat"))
     best = load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0.dat"))
     assert last.frames >= 3000 and last.args["textbook"] and best.best_score is not None
