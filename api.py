@@ -35,7 +35,7 @@ from launcher import (
 )
 from metrics import read_metrics, setup_logger
 from model import A3Clstm
-from settings import Config, check_values
+from settings import Config, check_values, gpu_sharing_warning, mps_running
 from utils import UsageError
 
 
@@ -83,6 +83,9 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     cores = os.cpu_count() or 1
     if cfg.workers > cores:
         logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
+    sharing = gpu_sharing_warning(cfg, mps_running())
+    if sharing:
+        logger.warning("warning: %s", sharing)
     devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
     logger.info(
         "training %s with %d workers on %s, %s test games; logs in %s, checkpoints in %s",
