@@ -1,7 +1,7 @@
 """Time-to-score benchmark: real training runs from launch until the test games reach a score.
 
     python bench_score.py --score 18 --window 5 --seeds 1 2 --max-time 2400
-    python bench_score.py --score 18 --milestones -10 0 10 --train-args "" "--tau 0.92 --lr 2e-4"
+    python bench_score.py --score 18 --milestones -10 0 10 --train-args "" "--tau 1.0 --lr 1e-4"
 
 Each run is a real `python main.py` (stopped by --target-score or --max-time) with its own logs and
 checkpoints under --runs-dir. Reported per run, from launch: the wall-clock seconds and frames until
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train-args",
         nargs="+",
         default=[""],
-        help='further main.py flags; several strings are variants compared side by side: "" "--tau 0.92"',
+        help='further main.py flags; several strings are variants compared side by side: "" "--tau 1.0"',
     )
     p.add_argument("--runs-dir", default="logs", help="where the runs keep their logs and checkpoints")
     p.add_argument("--json", default="logs/bench_score.json", help="where to write the results")

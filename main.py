@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", default="PongNoFrameskip-v4", help="gymnasium env id (ALE ids, <Game>Deterministic-v4, module:EnvId)"
     )
     p.add_argument("--env-config", default="config.json", help="per-game crop settings (JSON)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate (the classic tool: 1e-4)")
     p.add_argument("--gamma", type=float, default=0.99, help="discount factor for rewards")
-    p.add_argument("--tau", type=float, default=1.0, help="GAE lambda")
+    p.add_argument("--tau", type=float, default=0.92, help="GAE lambda (the classic tool: 1.0)")
     p.add_argument("--seed", type=int, default=1, help="random seed; worker i uses seed + i")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="training processes")
     p.add_argument("--num-steps", type=int, default=20, help="rollout length (agent steps per update)")

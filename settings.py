@@ -17,9 +17,9 @@ class Config:
 
     env: str = "PongNoFrameskip-v4"
     env_config: str = "config.json"
-    lr: float = 1e-4
+    lr: float = 2e-4
     gamma: float = 0.99
-    tau: float = 1.0
+    tau: float = 0.92
     seed: int = 1
     workers: int = 2
     num_steps: int = 20
