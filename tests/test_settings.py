@@ -15,7 +15,7 @@ def test_workers_sharing_a_gpu_without_mps_get_one_hint():
     assert gpu_sharing_warning(Config(workers=16), mps=False) is None  # the CPU
 
 
-def test_mps_is_seen_by_its_control_pipe(tmp_path, monkeypatch):
+def test_mps_is_seen_by_its_control_socket(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     assert not mps_running()
     with socket.socket(socket.AF_UNIX) as control:  # the socket that nvidia-cuda-mps-control -d makes
