@@ -2,6 +2,9 @@
 
     python bench_score.py --score 18 --window 5 --seeds 1 2 --max-time 2400
     python bench_score.py --score 18 --milestones -10 0 10 --train-args "" "--tau 1.0 --lr 1e-4"
+    python bench_score.py --score 18 --train-args=--test-stochastic
+
+A lone flag as --train-args needs the "=" form, or argparse would read it as one of this script's options.
 
 Each run is a real `python main.py` (stopped by --target-score or --max-time) with its own logs and
 checkpoints under --runs-dir. Reported per run, from launch: the wall-clock seconds and frames until
@@ -61,6 +64,14 @@ def timeline(rows: list[dict], window: int, seconds: float) -> list[dict]:
             }
         )
     return out
+
+
+def lone_train_flag(argv: list[str]) -> str | None:
+    """The flag that argparse would take for one of ours after --train-args (`--train-args --bf16`), if any."""
+    for before, after in zip(argv, argv[1:]):
+        if before == "--train-args" and after.startswith("-") and " " not in after:
+            return after
+    return None
 
 
 def variant_name(train_args: str) -> str:
@@ -245,10 +256,19 @@ def main(argv: list[str] | None = None) -> int:
         "--train-args",
         nargs="+",
         default=[""],
-        help='further main.py flags; several strings are variants compared side by side: "" "--tau 1.0"',
+        help='further main.py flags; several strings are variants compared side by side: "" "--tau 1.0"; '
+        'a lone flag takes "=": --train-args=--test-stochastic',
     )
     p.add_argument("--runs-dir", default="logs", help="where the runs keep their logs and checkpoints")
     p.add_argument("--json", default="logs/bench_score.json", help="where to write the results")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    lone = lone_train_flag(argv)
+    if lone:
+        print(
+            f'error: a lone main.py flag after --train-args needs "=": --train-args={lone}',
+            file=sys.stderr,
+        )
+        return 2
     args = p.parse_args(argv)
     try:
         if args.window < 1 or args.max_time <= 0 or args.workers < 1:

@@ -59,10 +59,10 @@ def test_variants_run_side_by_side_and_report_milestones_time_and_frames(tmp_pat
 
 
 def test_a_score_that_is_not_reached_says_so(tmp_path):
-    args = (*CUE, "--score", 1000, "--max-time", 6)
+    args = (*CUE, "--score", 1000, "--max-time", 6, "--train-args=--test-stochastic")  # a lone flag, as it must be
     result = run_cli("bench_score.py", *args, "--runs-dir", tmp_path, "--json", tmp_path / "o.json", timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "defaults: mean(5) >= 1000: reached by no run" in result.stdout
+    assert "--test-stochastic: mean(5) >= 1000: reached by no run" in result.stdout
     run = json.loads((tmp_path / "o.json").read_text())["runs"][0]
     assert run["mean"] is None and run["first_game"] is None
 
@@ -71,6 +71,7 @@ def test_bad_variant_flags_and_milestones_are_one_line_before_any_run(tmp_path):
     for extra, expected in (
         (("--train-args", "", "--lr 2e-4 --bogus 1"), "--bogus"),
         (("--train-args", "--workers 0"), "--workers"),
+        (("--train-args", "--test-stochastic"), "--train-args=--test-stochastic"),
         (("--milestones", 0, 20), "--milestones"),
     ):
         result = run_cli("bench_score.py", *CUE, "--score", 18, *extra, "--runs-dir", tmp_path / "runs")
