@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -113,8 +114,9 @@ def train_to_score(args, train_args: str, seed: int, run_dir: str) -> dict:
                         f"  {label}: {minute} min, {frames} frames, {len(rows)} games, mean({args.window}) {mean}",
                         flush=True,
                     )
-        except KeyboardInterrupt:  # main.py got the Ctrl-C too: it saves and stops
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: main.py saves and stops (a second signal changes nothing)
             interrupted = True
+            process.terminate()
             process.wait()
     seconds = time.time() - launch
     rows = read_metrics(metrics) if os.path.exists(metrics) else []
@@ -198,7 +200,18 @@ def print_report(runs: list[dict], summary: dict, args) -> None:
                 )
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a batch system's time limit) stops the benchmark as Ctrl-C does, so that the training run
+    it started stops with it and the runs so far are reported, instead of the run going on alone."""
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_benchmark(args) -> int:
+    interrupt_on_sigterm()
     root = tempfile.mkdtemp(prefix="to-score-", dir=args.runs_dir)
     print(
         f"{args.env}: time to a test mean of {args.window} games >= {args.score:g}, seeds {args.seeds}, "

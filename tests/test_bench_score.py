@@ -2,11 +2,12 @@
 
 import json
 import os
+import signal
 from types import SimpleNamespace
 
 from bench_score import first_reaching, summarise
 from metrics import read_metrics
-from tests.helpers import run_cli
+from tests.helpers import alive, descendants, run_cli, start_cli, wait_for
 
 CUE = ("--env", "tests.pixel_envs:Cue-v0", "--workers", 1)
 
@@ -78,3 +79,22 @@ def test_bad_variant_flags_and_milestones_are_one_line_before_any_run(tmp_path):
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_to_the_benchmark_alone_stops_its_training_run_and_reports(tmp_path):
+    out = tmp_path / "o.json"
+    args = (*CUE, "--score", 1000, "--max-time", 300, "--runs-dir", tmp_path, "--json", out)
+    bench = start_cli("bench_score.py", *args)
+    assert wait_for(lambda: any(tmp_path.glob("to-score-*/variant0_seed1/*_metrics.csv")), 120)  # a game played
+    training = descendants(bench.pid)
+    bench.send_signal(signal.SIGTERM)  # to the benchmark only, as `kill` does: not to its process group
+    try:
+        output, _ = bench.communicate(timeout=120)
+        assert bench.returncode == 0, output
+        assert "interrupted: reporting the runs so far" in output and "reached by no run" in output
+        assert wait_for(lambda: not [pid for pid in training if alive(pid)], 30)
+    finally:
+        for pid in filter(alive, training):
+            os.kill(pid, signal.SIGKILL)
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["interrupted"] and run["exit_code"] == 0 and run["games"] >= 1 and run["seconds"] < 200
