@@ -68,7 +68,8 @@ def timeline(rows: list[dict], window: int, seconds: float) -> list[dict]:
 
 
 def lone_train_flag(argv: list[str]) -> str | None:
-    """The flag that argparse would take for one of ours after --train-args (`--train-args --bf16`), if any."""
+    """The main.py flag right after --train-args (`--train-args --bf16`), which argparse would take for an
+    option of this script, if there is one."""
     for before, after in zip(argv, argv[1:]):
         if before == "--train-args" and after.startswith("-") and " " not in after:
             return after
