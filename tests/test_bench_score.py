@@ -85,16 +85,17 @@ def test_sigterm_to_the_benchmark_alone_stops_its_training_run_and_reports(tmp_p
     out = tmp_path / "o.json"
     args = (*CUE, "--score", 1000, "--max-time", 300, "--runs-dir", tmp_path, "--json", out)
     bench = start_cli("bench_score.py", *args)
-    assert wait_for(lambda: any(tmp_path.glob("to-score-*/variant0_seed1/*_metrics.csv")), 120)  # a game played
-    training = descendants(bench.pid)
-    bench.send_signal(signal.SIGTERM)  # to the benchmark only, as `kill` does: not to its process group
+    training = []
     try:
+        assert wait_for(lambda: any(tmp_path.glob("to-score-*/variant0_seed1/*_metrics.csv")), 120)  # a game
+        training = descendants(bench.pid)
+        bench.send_signal(signal.SIGTERM)  # to the benchmark only, as `kill` does: not to its process group
         output, _ = bench.communicate(timeout=120)
         assert bench.returncode == 0, output
         assert "interrupted: reporting the runs so far" in output and "reached by no run" in output
         assert wait_for(lambda: not [pid for pid in training if alive(pid)], 30)
     finally:
-        for pid in filter(alive, training):
+        for pid in filter(alive, [bench.pid, *training]):
             os.kill(pid, signal.SIGKILL)
     run = json.loads(out.read_text())["runs"][0]
     assert run["interrupted"] and run["exit_code"] == 0 and run["games"] >= 1 and run["seconds"] < 200
