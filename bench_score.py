@@ -275,16 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--runs-dir", default="logs", help="where the runs keep their logs and checkpoints")
     p.add_argument("--json", default="logs/bench_score.json", help="where to write the results")
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    lone = lone_train_flag(argv)
-    if lone:
-        print(
-            f'error: a lone main.py flag after --train-args needs "=": --train-args={lone}',
-            file=sys.stderr,
-        )
-        return 2
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if lone := lone_train_flag(argv):
+            raise UsageError(f'a lone main.py flag after --train-args needs "=": --train-args={lone}')
+        args = p.parse_args(argv)
         if args.window < 1 or args.max_time <= 0 or args.workers < 1:
             raise UsageError("--window, --workers and --max-time must be positive")
         if any(m >= args.score for m in args.milestones):
