@@ -28,16 +28,21 @@ gym.register_envs(ale_py)
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
 
 FRAME_SIZE = 80
-DETERMINISTIC_ID = re.compile(r"^(?P<game>[A-Za-z0-9]+)Deterministic-v[04]$")
+DETERMINISTIC_ID = re.compile(r"^(?P<game>[A-Za-z0-9]+)Deterministic-(?P<version>v[04])$")
+# gym's registration of the Deterministic ids, which ale-py >= 0.11 no longer registers: a fixed frame
+# skip (3 for SpaceInvaders, whose lasers blink with period 4), sticky actions on v0 only.
+DETERMINISTIC_SKIP = {"SpaceInvaders": 3}
+STICKY_ACTIONS = {"v0": 0.25, "v4": 0.0}
 
 
-class NoopReset(gym.Wrapper):
+class NoopReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Start each game with 1..noop_max no-ops so that greedy play does not see one fixed start.
 
     Frame-skip-1 ids only, as in the classic tool: the other ids skip frames inside ALE.
     """
 
     def __init__(self, env: gym.Env, noop_max: int = 30):
+        gym.utils.RecordConstructorArgs.__init__(self, noop_max=noop_max)
         super().__init__(env)
         self.noop_max = noop_max
 
@@ -50,7 +55,7 @@ class NoopReset(gym.Wrapper):
         return obs, info
 
 
-class MaxAndSkip(gym.Wrapper):
+class MaxAndSkip(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Repeat each action `skip` frames and sum the rewards; observe the max of the last three raw frames.
 
     The max hides Atari flicker. As in rl_a3c_pytorch, the three frames are kept across agent steps
@@ -59,6 +64,7 @@ class MaxAndSkip(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, skip: int):
+        gym.utils.RecordConstructorArgs.__init__(self, skip=skip)
         super().__init__(env)
         self.skip = skip
         self._frames: deque[np.ndarray] = deque(maxlen=3)
@@ -82,15 +88,16 @@ class MaxAndSkip(gym.Wrapper):
         return np.max(np.stack(self._frames), axis=0), total, terminated, truncated, info
 
 
-class EpisodicLife(gym.Wrapper):
+class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """A lost life ends the episode (faster credit assignment); the game resets only on game over.
 
     Used in training and in play alike, as the classic tool does: after a lost life the agent's LSTM
     state starts from zero and FIRE is pressed again, while the game and its score go on.
-    `info["game_over"]` tells a lost life from the end of the game.
+    `info["game_over"]` tells a lost life from the end of the game. A seeded reset starts a new game.
     """
 
     def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         self.lives = 0
         self.game_over = True
@@ -106,7 +113,7 @@ class EpisodicLife(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs):
-        if self.game_over:
+        if self.game_over or kwargs.get("seed") is not None:
             obs, info = self.env.reset(**kwargs)
         else:
             obs, _, terminated, truncated, info = self.env.step(0)
@@ -117,8 +124,12 @@ class EpisodicLife(gym.Wrapper):
         return obs, info
 
 
-class FireReset(gym.Wrapper):
+class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Press FIRE after every reset: games like Breakout stand still until it is pressed."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -132,14 +143,17 @@ class FireReset(gym.Wrapper):
 GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)
 
 
-class Preprocess(gym.ObservationWrapper):
+class Preprocess(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """The classic tool's frame: crop (Atari screens), area-resize the 8-bit RGB crop to 80x80, then
     grayscale with 0.2989 R + 0.587 G + 0.114 B as float32 in [0, 255] (normalisation follows)."""
 
     def __init__(self, env: gym.Env, crop: dict | None):
+        gym.utils.RecordConstructorArgs.__init__(self, crop=crop)
         super().__init__(env)
         self.crop = crop
-        self.observation_space = gym.spaces.Box(0.0, 255.0, (1, FRAME_SIZE, FRAME_SIZE), np.float32)
+        base = env.observation_space
+        low, high = float(np.min(base.low)), float(np.max(base.high))
+        self.observation_space = gym.spaces.Box(low, high, (1, FRAME_SIZE, FRAME_SIZE), np.float32)
 
     def observation(self, frame):
         if self.crop is not None:
@@ -152,15 +166,28 @@ class Preprocess(gym.ObservationWrapper):
         return frame.astype(np.float32).reshape(1, FRAME_SIZE, FRAME_SIZE)
 
 
-class NormalizeObservation(gym.ObservationWrapper):
-    """Standardise frames by a bias-corrected running mean/std of frame means and stds (as the classic tool)."""
+class NormalizeObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Standardise frames by a bias-corrected running mean/std of frame means and stds (as the classic tool).
+
+    The statistics run on across episodes and games, as in the classic tool; a seeded reset starts them
+    anew, so that `reset(seed=s)` gives the same frames every time.
+    """
 
     def __init__(self, env: gym.Env, alpha: float = 0.9999):
+        gym.utils.RecordConstructorArgs.__init__(self, alpha=alpha)
         super().__init__(env)
+        shape = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape, np.float32)  # standardised: unbounded
         self.alpha = alpha
         self.mean = 0.0
         self.std = 0.0
         self.count = 0
+
+    def reset(self, **kwargs):
+        if kwargs.get("seed") is not None:
+            self.mean = self.std = 0.0
+            self.count = 0
+        return super().reset(**kwargs)
 
     def observation(self, obs):
         self.count += 1
@@ -170,8 +197,12 @@ class NormalizeObservation(gym.ObservationWrapper):
         return ((obs - self.mean / correction) / (self.std / correction + 1e-8)).astype(np.float32)
 
 
-class ClipReward(gym.RewardWrapper):
+class ClipReward(gym.RewardWrapper, gym.utils.RecordConstructorArgs):
     """Clip training rewards to [-1, 1] so one learning rate fits every game."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
 
     def reward(self, reward):
         return float(np.clip(reward, -1.0, 1.0))
@@ -208,7 +239,11 @@ def _make_base(env_id: str, render_mode: str | None) -> gym.Env:
     classic = DETERMINISTIC_ID.match(env_id)
     if classic:
         env_id = f"ALE/{classic['game']}-v5"
-        kwargs.update(frameskip=4, repeat_action_probability=0.0, full_action_space=False)
+        kwargs.update(
+            frameskip=DETERMINISTIC_SKIP.get(classic["game"], 4),
+            repeat_action_probability=STICKY_ACTIONS[classic["version"]],
+            full_action_space=False,
+        )
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as e:

@@ -1,5 +1,7 @@
 """Each wrapper's behaviour on real ALE games, and env-id handling."""
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -224,6 +226,43 @@ def test_deterministic_ids_are_the_classic_definition():
     assert env.action_space.n == 6
     assert "MaxAndSkip" not in wrappers(env) and "NoopReset" not in wrappers(env)
     assert E.frames_per_step(env) == 4
+
+
+# gym's original registration of every id family: (frame skip, sticky-action probability)
+ID_FAMILIES = {
+    "Pong-v0": ((2, 5), 0.25),
+    "Pong-v4": ((2, 5), 0.0),
+    "PongDeterministic-v0": (4, 0.25),
+    "PongDeterministic-v4": (4, 0.0),
+    "SpaceInvadersDeterministic-v4": (3, 0.0),
+    "PongNoFrameskip-v0": (1, 0.25),
+    "PongNoFrameskip-v4": (1, 0.0),
+    "ALE/Pong-v5": (4, 0.25),
+}
+
+
+@pytest.mark.parametrize("env_id", ID_FAMILIES)
+def test_each_id_family_matches_gyms_registration(env_id):
+    skip, sticky = ID_FAMILIES[env_id]
+    env = E.make_env(env_id)
+    assert env.unwrapped._frameskip == skip
+    assert env.unwrapped.ale.getFloat("repeat_action_probability") == pytest.approx(sticky)
+    assert not env.unwrapped._action_set or env.action_space.n < 18, "minimal action set"
+
+
+@pytest.mark.parametrize("env_id", ["PongNoFrameskip-v4", "BreakoutDeterministic-v4", "ALE/Pong-v5"])
+@pytest.mark.parametrize("training", [True, False])
+def test_built_envs_pass_gymnasiums_checker(env_id, training):
+    from gymnasium.utils.env_checker import check_env
+
+    env = E.make_env(env_id, training=training)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its advice to check the unwrapped env
+        check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=3)
+    for _ in range(50):
+        assert env.observation_space.contains(obs)
+        obs, *_ = env.step(env.action_space.sample())
 
 
 def test_noframeskip_ids_get_skip_rate_and_frame_count():
