@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pickle import UnpicklingError
 from typing import TYPE_CHECKING
 
@@ -111,7 +111,7 @@ def load_checkpoint(path: str) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason}): use another file") from None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         data.pop("format")
-        ckpt = Checkpoint(**data)
+        ckpt = checkpoint_from(data, path)
     elif isinstance(data, dict) and "conv1.weight" in data:
         ckpt = Checkpoint(model=dict(data), preprocessing=PREPROCESSING)
     else:
@@ -120,6 +120,17 @@ def load_checkpoint(path: str) -> Checkpoint:
     if any(k not in ckpt.model for k in required):
         raise CheckpointError(f"{path} lacks A3C-LSTM weights ({', '.join(required)}): use another file")
     return ckpt
+
+
+def checkpoint_from(data: dict, path: str) -> Checkpoint:
+    """The Checkpoint a saved dict holds; a missing or unknown entry is a CheckpointError naming it."""
+    names = {f.name for f in fields(Checkpoint)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CheckpointError(f"{path} has entries this toolkit does not know ({', '.join(unknown)}): use another file")
+    if not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"{path} has no model weights: use another file")
+    return Checkpoint(**data)
 
 
 def check_fits(ckpt: Checkpoint, path: str, num_actions: int, hidden_size: int, env_id: str) -> None:

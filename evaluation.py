@@ -79,31 +79,48 @@ def prepare_eval(cfg: EvalConfig) -> tuple[EvalConfig, Checkpoint]:
     return replace(cfg, hidden_size=hidden_size, skip_rate=skip_rate), ckpt
 
 
-# The model each evaluation process plays with, loaded once per process by load_player.
-_player: dict = {}
+@dataclass(frozen=True)
+class EvalPlayer:
+    """The model an evaluation plays with, on its device."""
+
+    cfg: EvalConfig
+    model: A3Clstm
+    device: torch.device
 
 
-def load_player(cfg: EvalConfig, weights: dict) -> None:
-    torch.set_num_threads(1)
-    device = cfg.device
+def make_player(cfg: EvalConfig, weights: dict) -> EvalPlayer:
     model = A3Clstm(1, weights["actor_linear.weight"].shape[0], cfg.hidden_size)
     model.load_state_dict(weights)
-    _player.update(cfg=cfg, model=model.to(device).eval(), device=device)
+    return EvalPlayer(cfg, model.to(cfg.device).eval(), cfg.device)
 
 
-def play_one(index: int) -> dict:
+def play_one(player: EvalPlayer, index: int) -> dict:
     """Play game `index` with seed cfg.seed + index; a fresh env stack, so the result depends on the seed alone."""
-    cfg, model, device = _player["cfg"], _player["model"], _player["device"]
+    cfg = player.cfg
     seed = cfg.seed + index
     recording = cfg.record is not None and index % cfg.record_every == 0
     render_mode = "human" if cfg.render and index % cfg.render_freq == 0 else "rgb_array" if recording else None
     env = make_env_for(cfg, training=False, render_mode=render_mode)
     torch.manual_seed(seed)
-    agent = Agent(model, [env], device, seed=seed)
+    agent = Agent(player.model, [env], player.device, seed=seed)
     reward, length, frames = play_recorded(agent, greedy=not cfg.stochastic, record=recording)
     videos = write_videos(cfg, index, frames, env) if recording else []
     agent.close()
     return {"game": index, "seed": seed, "reward": reward, "length": length, "videos": videos}
+
+
+# A pool process's player, set once by its initializer (a pool passes only the game index per task).
+_pool_player: EvalPlayer | None = None
+
+
+def init_pool_process(cfg: EvalConfig, weights: dict) -> None:
+    global _pool_player
+    torch.set_num_threads(1)  # one game per process: the processes are the parallelism
+    _pool_player = make_player(cfg, weights)
+
+
+def play_in_pool(index: int) -> dict:
+    return play_one(_pool_player, index)
 
 
 def play_recorded(agent: Agent, greedy: bool, record: bool) -> tuple[float, int, list[np.ndarray]]:
@@ -142,12 +159,12 @@ def write_videos(cfg: EvalConfig, index: int, frames: list[np.ndarray], env) -> 
 def play_all(cfg: EvalConfig, weights: dict):
     """Yield game results in game order, from this process or from a pool of --workers processes."""
     if cfg.workers == 1:
-        load_player(cfg, weights)
-        yield from map(play_one, range(cfg.num_episodes))
+        player = make_player(cfg, weights)
+        yield from (play_one(player, index) for index in range(cfg.num_episodes))
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(cfg.workers, initializer=load_player, initargs=(cfg, weights)) as pool:
-        yield from pool.imap(play_one, range(cfg.num_episodes))
+    with ctx.Pool(cfg.workers, initializer=init_pool_process, initargs=(cfg, weights)) as pool:
+        yield from pool.imap(play_in_pool, range(cfg.num_episodes))
 
 
 def summarize(rewards: list[float], seconds: float) -> dict:
@@ -164,6 +181,7 @@ def summarize(rewards: list[float], seconds: float) -> dict:
 
 def evaluate_games(cfg: EvalConfig, ckpt: Checkpoint, on_game=None) -> dict:
     """Play cfg.num_episodes games; return the results (and write them as JSON to cfg.results if set).
+    The caller's process is left as it was: its thread count, its torch random state.
 
     `on_game(game, games)` is called after each game. A Ctrl-C after the first game ends the evaluation
     with the games played so far (`interrupted` is then true); before it, KeyboardInterrupt propagates.
@@ -172,10 +190,11 @@ def evaluate_games(cfg: EvalConfig, ckpt: Checkpoint, on_game=None) -> dict:
     games: list[dict] = []
     interrupted = False
     try:
-        for game in play_all(cfg, ckpt.model):
-            games.append(game)
-            if on_game is not None:
-                on_game(game, games)
+        with torch.random.fork_rng(devices=[cfg.gpu_id] if cfg.gpu_id >= 0 else []):  # the caller's RNG stays
+            for game in play_all(cfg, ckpt.model):
+                games.append(game)
+                if on_game is not None:
+                    on_game(game, games)
     except KeyboardInterrupt:
         if not games:
             raise

@@ -22,8 +22,45 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+# rl_a3c_pytorch's short spellings of its flags, so that a classic command line runs unchanged.
+CLASSIC_SHORT = {
+    "--lr": "-l",
+    "--entropy-coef": "-ec",
+    "--value-coef": "-vc",
+    "--gamma": "-g",
+    "--tau": "-t",
+    "--seed": "-s",
+    "--workers": "-w",
+    "--num-steps": "-ns",
+    "--max-episode-length": "-mel",
+    "--env": "-ev",
+    "--shared-optimizer": "-so",
+    "--load": "-ld",
+    "--save-max": "-sm",
+    "--optimizer": "-o",
+    "--load-model-dir": "-lmd",
+    "--save-model-dir": "-smd",
+    "--log-dir": "-lg",
+    "--gpu-ids": "-gp",
+    "--amsgrad": "-a",
+    "--hidden-size": "-hs",
+    "--tensorboard-logger": "-tl",
+    "--env-config": "-evc",
+    "--distributed-step-size": "-dss",
+}
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line, like every other input error."""
+    """argparse that reports a bad flag as one line, like every other input error, and takes the classic
+    tool's short spelling of each flag it names in `short`."""
+
+    def __init__(self, *args, short: dict[str, str] | None = None, **kwargs):
+        self.short = short or {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        alias = [self.short[n] for n in names if n in self.short]
+        return super().add_argument(*alias, *names, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -34,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="A3C-LSTM / A3G training on Atari (gymnasium + ale-py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        short=CLASSIC_SHORT,
     )
     defaults = Config()  # the one place the defaults are written
     flag = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}

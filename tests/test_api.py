@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+import evaluation
 
 from api import evaluate, load_agent, train
 from settings import Config
@@ -42,7 +45,11 @@ def test_train_evaluate_and_play_from_python(tmp_path):
     assert run.frames >= 3000 and run.updates > 0 and run.metrics
     assert {"frames", "reward", "length"} <= set(run.metrics[0])
 
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
     results = evaluate(run.checkpoint, CUE, episodes=2, seed=3)
+    assert torch.get_num_threads() == threads, "evaluate leaves the caller's thread count as it was"
+    assert torch.equal(torch.get_rng_state(), rng), "and its random state"
+    assert evaluation._pool_player is None, "and keeps no model in the module"
     assert [g["seed"] for g in results["games"]] == [3, 4] and results["summary"]["games"] == 2
     assert not (tmp_path / "logs" / f"{CUE}_eval.json").exists(), "no results file unless asked for"
 

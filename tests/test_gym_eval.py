@@ -143,7 +143,13 @@ def bad_input_cases(trained, tmp_path):
     corrupt.write_bytes(b"\x00not a checkpoint" * 100)
     truncated = tmp_path / "truncated.dat"
     truncated.write_bytes(trained["model"].read_bytes()[:5000])
+    saved = torch.load(trained["model"], weights_only=True)
+    extra, missing = tmp_path / "extra.dat", tmp_path / "missing_key.dat"
+    torch.save({**saved, "schedule": "cosine"}, extra)
+    torch.save({k: v for k, v in saved.items() if k != "model"}, missing)
     return [
+        (["--model", extra], "entries this toolkit does not know (schedule)"),
+        (["--model", missing], "has no model weights"),
         (["--model", tmp_path / "missing.dat"], "no checkpoint at"),
         (["--load-model-dir", tmp_path / "empty"], "no checkpoint at"),
         (["--model", trained["model"], "--env", "BreakoutNoFrameskip-v4"], "trained for 6 actions"),
