@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -177,18 +176,15 @@ def export_classic(source: str, target: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="checkpoint.py", description="Checkpoint files.")
+    from cli import Parser, run_command
+
+    parser = Parser(prog="checkpoint.py", description="Checkpoint files.")
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write a checkpoint's weights as a bare state_dict for rl_a3c_pytorch")
     export.add_argument("checkpoint", help="a checkpoint this toolkit saved")
     export.add_argument("output", help="the .dat file to write")
     args = parser.parse_args(argv)
-    try:
-        print(export_classic(args.checkpoint, args.output))
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: print(export_classic(args.checkpoint, args.output)) or 0)
 
 
 if __name__ == "__main__":

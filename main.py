@@ -5,22 +5,12 @@ python main.py --env PongNoFrameskip-v4 --workers 32 --gpu-ids 0 1 2 3 --amsgrad
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from api import train
+from cli import BOOL_FLAG, Parser, run_command
 from settings import Config
-from utils import UsageError
-
-
-def str2bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes", "y"):
-        return True
-    if text.lower() in ("false", "0", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
 
 # rl_a3c_pytorch's short spellings of its flags, so that a classic command line runs unchanged.
 CLASSIC_SHORT = {
@@ -50,31 +40,12 @@ CLASSIC_SHORT = {
 }
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line, like every other input error, and takes the classic
-    tool's short spelling of each flag it names in `short`."""
-
-    def __init__(self, *args, short: dict[str, str] | None = None, **kwargs):
-        self.short = short or {}
-        super().__init__(*args, **kwargs)
-
-    def add_argument(self, *names, **kwargs):
-        alias = [self.short[n] for n in names if n in self.short]
-        return super().add_argument(*alias, *names, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     p = Parser(
-        prog="main.py",
-        description="A3C-LSTM / A3G training on Atari (gymnasium + ale-py).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        short=CLASSIC_SHORT,
+        prog="main.py", description="A3C-LSTM / A3G training on Atari (gymnasium + ale-py).", short=CLASSIC_SHORT
     )
     defaults = Config()  # the one place the defaults are written
-    flag = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
+    flag = BOOL_FLAG
     p.add_argument(
         "--env", default=defaults.env, help="gymnasium env id (ALE ids, <Game>Deterministic-v4, module:EnvId)"
     )
@@ -225,10 +196,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return train(parse_config(argv)).exit_code
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return run_command(lambda: train(parse_config(argv)).exit_code)
     except KeyboardInterrupt:  # before training started: nothing to save
         return 130
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import os
@@ -116,7 +115,9 @@ def plot_metrics(paths: list[str], out_png: str, title: str, window: int = 10) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="metrics.py", description="Training curves.")
+    from cli import Parser
+
+    parser = Parser(prog="metrics.py", description="Training curves.")
     sub = parser.add_subparsers(dest="command", required=True)
     plot = sub.add_parser("plot", help="draw training curves from one or more metrics CSV files")
     plot.add_argument("metrics", nargs="+", help="logs/<env>_metrics.csv files; several are overlaid")

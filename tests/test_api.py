@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import evaluation
-
 from api import evaluate, load_agent, train
 from settings import Config
 from tests.helpers import ROOT, run_cli

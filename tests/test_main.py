@@ -166,3 +166,30 @@ def test_tensorboard_scalars(run_dirs):
     events = EventAccumulator(str(run_dirs["logs"] / "tensorboard" / "tests.pixel_envs_Cue-v0"))
     events.Reload()
     assert {"train/total", "train/entropy", "test/reward", "test/fps"} <= set(events.Tags()["scalars"])
+
+
+def test_a_classic_command_line_runs_unchanged(run_dirs):
+    """rl_a3c_pytorch's short flags, as its README writes them; Ctrl-C stops it, and each flag took effect."""
+    models, logs = run_dirs["models"], run_dirs["logs"]
+    classic = "-w 1 -ev PongDeterministic-v4 -l 0.0002 -t 1.0 -g 0.98 -s 7 -ns 10 -mel 5000 -hs 256 -ec 0.02 -vc 0.4"
+    classic += f" -so True -o Adam -a -smd {models}/ -lmd {models}/ -lg {logs}/ -gp -1 -evc config.json -dss 10 20"
+    proc = start_cli("main.py", *classic.split())
+    log = logs / "PongDeterministic-v4_log"
+    try:
+        assert wait_for(lambda: log.exists() and "training PongDeterministic-v4" in log.read_text(), 120)
+        assert wait_for(lambda: "frames/s" in log.read_text(), 120)
+        code, _, out = stop_with(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, out
+    args = load_checkpoint(str(models / "PongDeterministic-v4.dat")).args
+    expected = {"workers": 1, "lr": 0.0002, "tau": 1.0, "gamma": 0.98, "seed": 7, "num_steps": 10, "hidden_size": 256}
+    expected |= {"max_episode_length": 5000, "entropy_coef": 0.02, "value_coef": 0.4, "amsgrad": True}
+    expected |= {"distributed_step_size": [10, 20], "shared_optimizer": True}
+    assert {k: args[k] for k in expected} == expected
+    evaluated = run_cli(
+        "gym_eval.py", *f"-ev PongDeterministic-v4 -ne 1 -lmd {models}/ -lgd {logs}/ -s 3 -mel 50 -hs 256".split()
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "1 games: mean" in evaluated.stdout and (logs / "PongDeterministic-v4_eval.json").exists()
