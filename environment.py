@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from collections import deque
 from functools import cache
@@ -208,9 +209,19 @@ class ClipReward(gym.RewardWrapper, gym.utils.RecordConstructorArgs):
         return float(np.clip(reward, -1.0, 1.0))
 
 
+TOOLKIT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_env_config(path: str) -> str:
+    """`path` as given where it exists, else beside the toolkit's files (so config.json is found from any folder)."""
+    beside = os.path.join(TOOLKIT_DIR, path)
+    return beside if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(beside) else path
+
+
 @cache
 def load_env_config(path: str) -> dict:
     """Read the per-game crop table; every problem is a UsageError naming the file."""
+    path = find_env_config(path)
     try:
         with open(path) as f:
             config = json.load(f)

@@ -24,7 +24,7 @@ from model import A3Clstm
 from settings import Config
 from shared import Counters, GameResults, RunShared, StopFlag
 from shared_optim import make_optimizer
-from test import test_process
+from tester import test_process
 from train import EXIT_NAN, train_worker
 from utils import UsageError, format_duration
 

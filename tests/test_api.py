@@ -71,3 +71,21 @@ def test_bad_input_raises_the_line_the_command_line_prints(tmp_path):
         evaluate(str(tmp_path / "missing.dat"), CUE, episodes=1)
     with pytest.raises(UsageError, match="no checkpoint at"):
         load_agent(str(tmp_path / "missing.dat"))
+
+
+def test_the_toolkit_works_from_any_folder_with_the_standard_library_first_on_the_path(tmp_path):
+    """A notebook elsewhere appends the toolkit to sys.path: Python's own `test` package then comes first,
+    and config.json is not in the working folder; main.py run by its path from another folder, likewise."""
+    code = (
+        "import sys; sys.path.append(sys.argv[1]); from api import train; from settings import Config; "
+        "r = train(Config(env='PongNoFrameskip-v4', workers=1, max_steps=400, progress_interval=1, "
+        "log_dir='logs', save_model_dir='models')); print('exit', r.exit_code, r.frames >= 400)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0 and "exit 0 True" in result.stdout, result.stdout + result.stderr
+    assert (tmp_path / "models" / "PongNoFrameskip-v4.dat").exists()
+    cli = run_cli(f"{ROOT}/main.py", "--workers", 1, "--max-steps", 400, cwd=tmp_path, timeout=180)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert (tmp_path / "trained_models" / "PongNoFrameskip-v4.dat").exists()

@@ -92,5 +92,5 @@ def run_tests(run: RunShared, best_score: float | None, logger):
 
 
 if __name__ == "__main__":
-    print("test.py is the launcher's test process; start training with python main.py", file=sys.stderr)
+    print("tester.py is the launcher's test process; start training with python main.py", file=sys.stderr)
     sys.exit(2)
