@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from checkpoint import Checkpoint
-from settings import Config
+from settings import Config, seed_block
 from shared import RunShared
 from utils import UsageError, first_line
 
@@ -41,6 +41,12 @@ CONTROL_TICK = 1.0  # seconds between control rounds, at most: how soon a stop o
 # A host's stop request in the control round, by severity; the reason the other hosts give for their stop.
 STOPPED, INTERRUPTED, FAILED = 1, 2, 3
 STOP_REASONS = {STOPPED: "stopped the run", INTERRUPTED: "was interrupted", FAILED: "failed"}
+
+
+def host_seed(seed: int, everyone: list[dict], host: int) -> int:
+    """Host `host`'s --seed: past the seed blocks of the hosts before it (`everyone`: each host's workers and
+    envs_per_worker), so that no two envs of the run share a seed."""
+    return seed + sum(seed_block(theirs["workers"], theirs["envs_per_worker"]) for theirs in everyone[:host])
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,8 @@ class Cluster:
     def host_config(self, cfg: Config) -> Config:
         """`cfg` for this host, once every host's flags are known to agree: its rank, and seeds that no other
         host's processes use (each host's workers and test process take the next block of seeds)."""
-        mine = {"workers": cfg.workers, **{name: getattr(cfg, name) for name in MUST_MATCH}}
+        mine = {"workers": cfg.workers, "envs_per_worker": cfg.envs_per_worker}
+        mine |= {name: getattr(cfg, name) for name in MUST_MATCH}
         everyone: list[dict] = [{} for _ in range(self.hosts)]
         dist.all_gather_object(everyone, mine)
         for host, theirs in enumerate(everyone):
@@ -81,8 +88,7 @@ class Cluster:
                         f"host {host} runs {flag} {theirs[name]} but host 0 runs {flag} {everyone[0][name]}: "
                         "start every host with the same flags"
                     )
-        offset = sum(theirs["workers"] + 1 for theirs in everyone[: self.host])
-        return replace(cfg, host=self.host, hosts=self.hosts, seed=cfg.seed + offset)
+        return replace(cfg, host=self.host, hosts=self.hosts, seed=host_seed(cfg.seed, everyone, self.host))
 
     def shared_checkpoint(self, cfg: Config, local: Checkpoint | None) -> Checkpoint | None:
         """The checkpoint every host starts from: the one with the most updates among those the hosts have

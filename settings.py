@@ -64,6 +64,12 @@ class Config:
         gpu = self.gpu_ids[rank % len(self.gpu_ids)]
         return torch.device("cpu") if gpu < 0 else torch.device("cuda", gpu)
 
+    def seed_for(self, slot: int) -> int:
+        """The first seed of process `slot` (workers 0..workers-1, the test process: workers); its env i takes
+        seed_for(slot) + i. Each process holds a block of envs_per_worker seeds, so that every env of every
+        process has its own (another host's processes start after this host's block: seed_block)."""
+        return self.seed + slot * self.envs_per_worker
+
     def steps_for(self, rank: int) -> int:
         """Rollout length of worker `rank`: its round-robin share of --distributed-step-size, else --num-steps."""
         sizes = self.distributed_step_size
@@ -79,6 +85,11 @@ class Config:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def seed_block(workers: int, envs_per_worker: int) -> int:
+    """How many seeds a host's processes use: one block of envs_per_worker per worker and for the test process."""
+    return (workers + 1) * envs_per_worker
 
 
 def check_values(cfg: Config) -> None:

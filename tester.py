@@ -18,7 +18,7 @@ from utils import format_duration
 
 def test_process(run: RunShared, best_score: float | None):
     """Process entry; logs the error before dying so the launcher's restart has a reason on record."""
-    init_process("a3c test", run.cfg.seed + run.cfg.workers)
+    init_process("a3c test", run.cfg.seed_for(run.cfg.workers))
     os.nice(5)  # the workers come first: on a machine with workers = cores the test games yield to them
     logger = setup_logger("test", run.cfg.log_path("_log"))
     try:
@@ -33,7 +33,7 @@ def run_tests(run: RunShared, best_score: float | None, logger):
     device = cfg.device_for(0)
     env = make_env_for(cfg, training=False)
     model = build_model(env.action_space.n, cfg, device).eval()
-    agent = Agent(model, [env], device, seed=cfg.seed + cfg.workers)
+    agent = Agent(model, [env], device, seed=cfg.seed_for(cfg.workers))
     link = SharedLink(run.model, model, device)
     writer = tensorboard_writer(cfg)
     start = time.time()

@@ -160,7 +160,7 @@ def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor
 
 def train_worker(rank: int, run: RunShared):
     """Process entry: run the worker, logging its rank and the error if it dies."""
-    init_process(f"a3c train {rank}", run.cfg.seed + rank)
+    init_process(f"a3c train {rank}", run.cfg.seed_for(rank))
     logger = setup_logger(f"train{rank}", run.cfg.log_path("_log"))
     try:
         sys.exit(run_worker(rank, run, logger))
@@ -184,7 +184,7 @@ class Worker:
             cfg.optimizer, run.model.parameters(), cfg.lr, cfg.amsgrad, shared=False
         )
         self.link = SharedLink(run.model, self.model, self.device)
-        self.agent = Agent(self.model, envs, self.device, seed=cfg.seed + rank * cfg.envs_per_worker)
+        self.agent = Agent(self.model, envs, self.device, seed=cfg.seed_for(rank))
         self.steps = cfg.steps_for(rank)
         self.frames_per_rollout = round(self.steps * len(envs) * frames_per_step(envs[0]))
 

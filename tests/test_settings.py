@@ -1,6 +1,9 @@
-"""Device placement hints of settings.py (pure: no GPU needed)."""
+"""settings.py: device placement hints and the seed plan (pure: no GPU needed)."""
 
 import socket
+from dataclasses import replace
+
+import pytest
 
 from settings import Config, gpu_sharing_warning, mps_running
 
@@ -21,3 +24,18 @@ def test_mps_is_seen_by_its_control_socket(tmp_path, monkeypatch):
     with socket.socket(socket.AF_UNIX) as control:  # the socket that nvidia-cuda-mps-control -d makes
         control.bind(str(tmp_path / "control"))
         assert mps_running()
+
+
+@pytest.mark.parametrize("envs_per_worker", [1, 3])
+def test_every_env_of_every_process_on_every_host_has_its_own_seed(envs_per_worker):
+    from distributed import host_seed
+
+    everyone = [{"workers": w, "envs_per_worker": envs_per_worker} for w in (2, 4, 1)]
+    seeds = []
+    for host, theirs in enumerate(everyone):
+        cfg = Config(seed=5, workers=theirs["workers"], envs_per_worker=envs_per_worker)
+        cfg = replace(cfg, seed=host_seed(cfg.seed, everyone, host))
+        workers = [cfg.seed_for(rank) + i for rank in range(cfg.workers) for i in range(envs_per_worker)]
+        seeds += workers + [cfg.seed_for(cfg.workers)]  # the test process plays one env
+    assert len(seeds) == len(set(seeds)), sorted(seeds)
+    assert min(seeds) == 5
