@@ -26,7 +26,7 @@ from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval
 from launcher import (
     Supervisor,
     build_run,
-    keep_previous_checkpoint,
+    keep_previous_run,
     load_resume,
     prepare,
     resume_path,
@@ -74,12 +74,13 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     ckpt = load_resume(cfg, num_actions, required=cluster is None) if resume else None
     if cluster is not None:
         ckpt = cluster.shared_checkpoint(cfg, ckpt)
+    kept = [] if resume else keep_previous_run(cfg)  # before the log opens: a fresh run starts its own
     logger = setup_logger("main", cfg.log_path("_log"))
+    if kept:
+        logger.info("kept the previous run's files as %s (use --load to continue a run)", ", ".join(kept))
     warning = preprocessing_warning(ckpt, resume_path(cfg)) if ckpt else None
     if warning:
         logger.warning("warning: %s", warning)
-    if not resume and cfg.host == 0:
-        keep_previous_checkpoint(cfg, logger)
     cores = os.cpu_count() or 1
     if cfg.workers > cores:
         logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)

@@ -19,8 +19,7 @@ import torch
 from utils import UsageError, first_line
 
 if TYPE_CHECKING:
-    from settings import Config
-    from shared import Counters
+    from shared import RunShared
 
 CHECKPOINT_FORMAT = 1
 # The frame pipeline of environment.make_env that checkpoints record: rl_a3c_pytorch's, step for step.
@@ -39,6 +38,7 @@ class Checkpoint:
     frames: int = 0
     updates: int = 0
     best_score: float | None = None
+    elapsed: float = 0.0  # seconds of training, across resumes
     args: dict = field(default_factory=dict)
     preprocessing: str | None = None  # None: saved before checkpoints recorded it
 
@@ -79,16 +79,17 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
-def save_run(path: str, cfg: Config, model, optimizer, counters: Counters, best_score, logger) -> bool:
-    """Checkpoint a run (weights, optimizer statistics, counters, settings); a failed save is logged
-    and leaves the previous file intact. Returns whether it was saved."""
+def save_run(path: str, run: RunShared, model, best_score, logger) -> bool:
+    """Checkpoint a run (`model`'s weights, the shared optimizer statistics, counters, training time,
+    settings); a failed save is logged and leaves the previous file intact. Returns whether it was saved."""
     ckpt = Checkpoint(
         model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        optimizer=optimizer.state_dict() if optimizer is not None else None,
-        frames=counters.frames,
-        updates=counters.updates,
+        optimizer=run.optimizer.state_dict() if run.optimizer is not None else None,
+        frames=run.counters.frames,
+        updates=run.counters.updates,
         best_score=best_score,
-        args=cfg.to_dict(),
+        elapsed=run.clock.elapsed(),
+        args=run.cfg.to_dict(),
         preprocessing=PREPROCESSING,
     )
     try:

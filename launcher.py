@@ -22,7 +22,7 @@ from checkpoint import Checkpoint, check_fits, load_checkpoint, save_run
 from environment import describe_env
 from model import A3Clstm
 from settings import Config
-from shared import Counters, GameResults, RunShared, StopFlag
+from shared import Counters, GameResults, RunClock, RunShared, StopFlag
 from shared_optim import make_optimizer
 from tester import test_process
 from train import EXIT_NAN, train_worker
@@ -83,15 +83,21 @@ def resume_path(cfg: Config) -> str:
     return max(existing, key=os.path.getmtime) if existing else paths[0]
 
 
-def keep_previous_checkpoint(cfg: Config, logger) -> None:
-    """A fresh run never overwrites an earlier run's checkpoint: move it aside, stamped with its time."""
-    for suffix in ("", "_last"):
-        path = cfg.checkpoint_path(suffix=suffix)
-        if os.path.exists(path):
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
-            kept = cfg.checkpoint_path(suffix=f"{suffix}.{stamp}")
-            os.replace(path, kept)
-            logger.info("kept the previous run's checkpoint as %s (use --load to continue a run)", kept)
+def keep_previous_run(cfg: Config) -> list[str]:
+    """A fresh run never overwrites an earlier run: move its checkpoints (host 0 keeps them) and this host's
+    log, metrics and curve aside, stamped with the time of the earlier run. Returns the paths kept."""
+    checkpoints = [cfg.checkpoint_path(suffix=suffix) for suffix in ("", "_last")] if cfg.host == 0 else []
+    logs = [cfg.log_path(suffix) for suffix in ("_log", "_metrics.csv", ".png")]
+    earlier = [p for p in checkpoints + logs if os.path.exists(p)]
+    if not earlier:
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, earlier))))
+    kept = []
+    for path in earlier:
+        stem, ext = (path.removesuffix(".dat"), ".dat") if path in checkpoints else (path, "")
+        os.replace(path, f"{stem}.{stamp}{ext}")
+        kept.append(f"{stem}.{stamp}{ext}")
+    return kept
 
 
 def build_run(cfg: Config, num_actions: int, ckpt: Checkpoint | None, logger) -> RunShared:
@@ -104,7 +110,8 @@ def build_run(cfg: Config, num_actions: int, ckpt: Checkpoint | None, logger) ->
         restore(cfg, model, optimizer, ckpt, logger)
     model.share_memory()
     counters = Counters(cfg.workers, ckpt.frames if ckpt else 0, ckpt.updates if ckpt else 0)
-    return RunShared(cfg, model, optimizer, counters, StopFlag(), GameResults(), os.getpid())
+    clock = RunClock(ckpt.elapsed if ckpt else 0.0, time.time())
+    return RunShared(cfg, model, optimizer, counters, StopFlag(), GameResults(), os.getpid(), clock)
 
 
 def restore(cfg: Config, model: A3Clstm, optimizer, ckpt: Checkpoint, logger) -> None:
@@ -339,7 +346,7 @@ class Supervisor:
             self.exit_code = EXIT_FAILED
             return
         path = self.cfg.checkpoint_path(suffix="_last" if self.cfg.save_max else "")
-        if not save_run(path, self.cfg, run.model, run.optimizer, run.counters, self.best_score, self.logger):
+        if not save_run(path, run, run.model, self.best_score, self.logger):
             self.exit_code = EXIT_FAILED
             return
         self.logger.info("saved %s", path)

@@ -151,6 +151,18 @@ class SharedLink:
             torch.cuda.synchronize(self.device)
 
 
+@dataclass(frozen=True)
+class RunClock:
+    """A run's training time, continued across resumes and process restarts: the time the checkpoint it
+    resumed had trained, plus the time since this launch."""
+
+    before: float  # seconds trained before this launch (from the checkpoint)
+    launched: float  # time.time() of this launch
+
+    def elapsed(self) -> float:
+        return self.before + time.time() - self.launched
+
+
 @dataclass
 class RunShared:
     """Everything a run's processes share, handed to each process as one object."""
@@ -162,3 +174,4 @@ class RunShared:
     stop: StopFlag
     results: GameResults
     parent_pid: int  # the supervisor's: a process whose parent changed stops
+    clock: RunClock

@@ -36,14 +36,13 @@ def run_tests(run: RunShared, best_score: float | None, logger):
     agent = Agent(model, [env], device, seed=cfg.seed_for(cfg.workers))
     link = SharedLink(run.model, model, device)
     writer = tensorboard_writer(cfg)
-    start = time.time()
     rewards: list[float] = []
     best = -math.inf if best_score is None else best_score
 
     def should_stop():
         return run.stop.is_set() or os.getppid() != run.parent_pid
 
-    frames_before, time_before = counters.frames, start
+    frames_before, time_before = counters.frames, time.time()
     try:
         while not should_stop():
             link.pull()
@@ -52,7 +51,7 @@ def run_tests(run: RunShared, best_score: float | None, logger):
                 break
             reward, length, _ = game
             rewards.append(reward)
-            elapsed = time.time() - start
+            elapsed = run.clock.elapsed()
             frames = counters.frames
             fps = (frames - frames_before) / max(time.time() - time_before, 1e-9)
             frames_before, time_before = frames, time.time()
@@ -81,7 +80,7 @@ def run_tests(run: RunShared, best_score: float | None, logger):
                 for name in ("reward", "length", "fps"):
                     writer.add_scalar(f"test/{name}", row[name], frames)
             if not cfg.save_max or reward >= best:
-                save_run(cfg.checkpoint_path(), cfg, model, run.optimizer, counters, max(best, reward), logger)
+                save_run(cfg.checkpoint_path(), run, model, max(best, reward), logger)
             best = max(best, reward)
             run.results.put(reward, length)
             run.stop.wait(cfg.test_interval)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from metrics import read_metrics
 from tests.helpers import ROOT, alive, descendants, find_titled, run_cli, start_cli, wait_for
 
 CUE = "tests.pixel_envs:Cue-v0"
@@ -162,13 +163,31 @@ def test_ctrl_c_during_start_up(run_dirs):
     checkpoint(run_dirs)
 
 
-def test_fresh_run_keeps_an_earlier_checkpoint(run_dirs):
-    common = ["--env", CUE, "--workers", 1, "--max-steps", 200, *run_dirs["flags"]]
-    assert run_cli("main.py", *common).returncode == 0
-    first = (run_dirs["models"] / "tests.pixel_envs_Cue-v0.dat").read_bytes()
-    assert run_cli("main.py", *common).returncode == 0
-    kept = [p for p in run_dirs["models"].iterdir() if p.name.startswith("tests.pixel_envs_Cue-v0.2")]
-    assert len(kept) == 1 and kept[0].read_bytes() == first
+def test_fresh_run_keeps_the_earlier_run_and_starts_its_own_metrics_while_load_continues_them(run_dirs):
+    name = "tests.pixel_envs_Cue-v0"
+    common = ["--env", CUE, "--workers", 1, "--test-interval", 0, *run_dirs["flags"]]
+    metrics = run_dirs["logs"] / f"{name}_metrics.csv"
+    assert run_cli("main.py", *common, "--max-steps", 2000).returncode == 0
+    first = (run_dirs["models"] / f"{name}.dat").read_bytes()
+    first_rows = read_metrics(str(metrics))
+    assert run_cli("main.py", *common, "--max-steps", 2000).returncode == 0
+    kept = sorted(p.name for p in run_dirs["models"].iterdir() if p.name.startswith(f"{name}.2"))
+    assert len(kept) == 1 and (run_dirs["models"] / kept[0]).read_bytes() == first
+    stamp = kept[0].removeprefix(f"{name}.").removesuffix(".dat")
+    assert read_metrics(str(run_dirs["logs"] / f"{name}_metrics.csv.{stamp}")) == first_rows
+    assert (run_dirs["logs"] / f"{name}_log.{stamp}").exists()
+    fresh = read_metrics(str(metrics))
+    assert fresh[0]["frames"] < first_rows[-1]["frames"] and fresh[0]["elapsed"] < first_rows[-1]["elapsed"]
+    assert "resumed from" not in (run_dirs["logs"] / f"{name}_log").read_text()
+
+    trained = load_checkpoint(str(run_dirs["models"] / f"{name}.dat"))
+    assert trained.elapsed > 0
+    assert run_cli("main.py", *common, "--load", "--max-steps", trained.frames + 2000).returncode == 0
+    resumed = read_metrics(str(metrics))
+    assert resumed[: len(fresh)] == fresh, "--load appends to the run's metrics"
+    new = resumed[len(fresh) :]
+    assert new and new[0]["frames"] >= trained.frames and new[0]["elapsed"] > trained.elapsed
+    assert load_checkpoint(str(run_dirs["models"] / f"{name}.dat")).elapsed > trained.elapsed
 
 
 def bad_config(tmp_path, text):
