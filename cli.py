@@ -42,12 +42,13 @@ def str2bool(text: str) -> bool:
 BOOL_FLAG = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
 
 
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """--env, --workers and --gpu-ids with main.py's defaults, for the commands that start training runs."""
+def add_run_flags(p: argparse.ArgumentParser, gpus: bool = True, workers_help: str = "training processes") -> None:
+    """--env, --workers (and --gpu-ids) with main.py's defaults, for the commands that start training runs."""
     defaults = Config()
     p.add_argument("--env", default=defaults.env, help="gymnasium env id")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="training processes")
-    p.add_argument("--gpu-ids", type=int, nargs="+", default=list(defaults.gpu_ids), help="GPUs (-1: CPU)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help=workers_help)
+    if gpus:
+        p.add_argument("--gpu-ids", type=int, nargs="+", default=list(defaults.gpu_ids), help="GPUs (-1: CPU)")
 
 
 def run_command(body: Callable[[], int]) -> int:

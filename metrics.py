@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import statistics
 import sys
 import tempfile
 from typing import TYPE_CHECKING
@@ -61,6 +62,15 @@ def append_metrics(path: str, row: dict) -> None:
 def read_metrics(path: str) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def first_reaching(rows: list[dict], score: float, window: int) -> dict | None:
+    """The first test game after which the mean of the last `window` games is >= score (window 1: that game)."""
+    rewards = [row["reward"] for row in rows]
+    for i in range(window - 1, len(rows)):
+        if statistics.fmean(rewards[i - window + 1 : i + 1]) >= score:
+            return {"seconds": rows[i]["since_launch"], "frames": int(rows[i]["frames"]), "games": i + 1}
+    return None
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

@@ -1,13 +1,12 @@
-"""bench_score.py: real training runs per seed and variant, timed from launch to milestones and the score."""
+"""benchmarks/bench_score.py: real training runs per seed and variant, timed from launch to milestones and the score."""
 
 import json
 import os
 import signal
-from types import SimpleNamespace
 
-from bench_score import first_reaching, summarise
-from metrics import read_metrics
-from tests.helpers import alive, descendants, run_cli, start_cli, wait_for
+from metrics import first_reaching, read_metrics
+from proctree import alive, descendants
+from tests.helpers import run_cli, start_cli, wait_for
 
 CUE = ("--env", "tests.pixel_envs:Cue-v0", "--workers", 1)
 
@@ -21,24 +20,21 @@ def test_first_reaching_is_the_first_window_whose_mean_reaches_the_score():
     assert first_reaching(rows[:1], -30, 2) is None  # fewer games than the window
 
 
-def test_summary_is_per_variant_over_the_runs_that_reached_each_score():
-    def run(variant, frames):
-        hit = None if frames is None else {"seconds": frames / 100, "frames": frames, "games": 5}
-        return {"variant": variant, "first_game": hit, "mean": hit, "milestones": {"0.0": hit}}
-
-    runs = [run("defaults", 300), run("--lr 2e-4", 100), run("defaults", 500), run("--lr 2e-4", None)]
-    summary = summarise(runs, SimpleNamespace(milestones=[0.0]))
-    assert list(summary) == ["defaults", "--lr 2e-4"]
-    assert summary["defaults"]["mean"]["frames"] == {"median": 400, "min": 300, "max": 500, "runs": 2}
-    assert summary["--lr 2e-4"]["milestone 0.0"]["frames"]["runs"] == 1 and summary["--lr 2e-4"]["mean"]["of"] == 2
-
-
 def test_variants_run_side_by_side_and_report_milestones_time_and_frames(tmp_path):
     out = tmp_path / "score.json"
     variants = ("--test-interval 0", "--test-interval 0 --lr 2e-4")
     args = (*CUE, "--score", 0, "--window", 2, "--milestones", -1, "--seeds", 3, "--max-time", 120)
     result = run_cli(
-        "bench_score.py", *args, "--train-args", *variants, "--runs-dir", tmp_path, "--json", out, timeout=400
+        "-m",
+        "benchmarks.bench_score",
+        *args,
+        "--train-args",
+        *variants,
+        "--runs-dir",
+        tmp_path,
+        "--json",
+        out,
+        timeout=400,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for variant in variants:
@@ -61,7 +57,9 @@ def test_variants_run_side_by_side_and_report_milestones_time_and_frames(tmp_pat
 
 def test_a_score_that_is_not_reached_says_so(tmp_path):
     args = (*CUE, "--score", 1000, "--max-time", 6, "--train-args=--test-stochastic")  # a lone flag, as it must be
-    result = run_cli("bench_score.py", *args, "--runs-dir", tmp_path, "--json", tmp_path / "o.json", timeout=200)
+    result = run_cli(
+        "-m", "benchmarks.bench_score", *args, "--runs-dir", tmp_path, "--json", tmp_path / "o.json", timeout=200
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--test-stochastic: mean(5) >= 1000: reached by no run" in result.stdout
     run = json.loads((tmp_path / "o.json").read_text())["runs"][0]
@@ -75,7 +73,7 @@ def test_bad_variant_flags_and_milestones_are_one_line_before_any_run(tmp_path):
         (("--train-args", "--test-stochastic"), "--train-args=--test-stochastic"),
         (("--milestones", 0, 20), "--milestones"),
     ):
-        result = run_cli("bench_score.py", *CUE, "--score", 18, *extra, "--runs-dir", tmp_path / "runs")
+        result = run_cli("-m", "benchmarks.bench_score", *CUE, "--score", 18, *extra, "--runs-dir", tmp_path / "runs")
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
         assert not (tmp_path / "runs").exists()
@@ -84,7 +82,7 @@ def test_bad_variant_flags_and_milestones_are_one_line_before_any_run(tmp_path):
 def test_sigterm_to_the_benchmark_alone_stops_its_training_run_and_reports(tmp_path):
     out = tmp_path / "o.json"
     args = (*CUE, "--score", 1000, "--max-time", 300, "--runs-dir", tmp_path, "--json", out)
-    bench = start_cli("bench_score.py", *args)
+    bench = start_cli("-m", "benchmarks.bench_score", *args)
     training = []
     try:
         assert wait_for(lambda: any(tmp_path.glob("to-score-*/variant0_seed1/*_metrics.csv")), 120)  # a game

@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from bench_hosts import free_port, network_namespaces, torchrun_command, torchrun_env
 from checkpoint import load_checkpoint
-from tests.helpers import ROOT, alive, descendants, run_cli, wait_for
+from local_hosts import free_port, network_namespaces, torchrun_command, torchrun_env
+from proctree import alive, descendants
+from tests.helpers import ROOT, run_cli, wait_for
 from utils import UsageError
 
 PONG = "PongNoFrameskip-v4"
@@ -26,7 +27,7 @@ class Host:
     """One host of a run: a torchrun agent (in its own session, as a terminal would start it) and its files."""
 
     def __init__(self, index: int, root, env: str, endpoint: str, args, max_restarts=0, netns=None, hosts=2):
-        """`netns`: the network namespace this host runs in (bench_hosts.network_namespaces), or None: loopback."""
+        """`netns`: the network namespace this host runs in (local_hosts.network_namespaces), or None: loopback."""
         self.index, self.env, self.netns = index, env, netns
         self.dir = root / f"host{index}"
         self.dir.mkdir(exist_ok=True)
@@ -276,7 +277,7 @@ def test_two_hosts_in_their_own_network_namespaces_sync_and_stop(hosts, namespac
 def test_bench_hosts_compares_one_host_with_two(tmp_path):
     out = tmp_path / "hosts.json"
     args = ("--env", CUE, "--workers", 2, "--warmup", 3, "--duration", 6, "--progress-interval", 1)
-    result = run_cli("bench_hosts.py", *args, "--json", out, timeout=300)
+    result = run_cli("-m", "benchmarks.bench_hosts", *args, "--json", out, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| 1 host |" in result.stdout and "| 2 hosts, loopback |" in result.stdout
     runs = json.loads(out.read_text())["runs"]

@@ -13,7 +13,8 @@ import torch
 
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from metrics import read_metrics
-from tests.helpers import ROOT, alive, descendants, find_titled, run_cli, start_cli, wait_for
+from proctree import alive, descendants, find_titled
+from tests.helpers import ROOT, run_cli, start_cli, wait_for
 
 CUE = "tests.pixel_envs:Cue-v0"
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from checkpoint import PREPROCESSING, load_checkpoint
-from tests.helpers import alive, descendants, run_cli, start_cli, wait_for
+from proctree import alive, descendants
+from tests.helpers import run_cli, start_cli, wait_for
 
 PONG = "PongNoFrameskip-v4"
 

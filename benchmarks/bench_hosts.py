@@ -1,93 +1,32 @@
 """Multi-host scaling benchmark: training frames/s of one host against several torchrun hosts on this machine,
 over the loopback address and, with --netns, each host in a network namespace of its own (a veth pair).
 
-    python bench_hosts.py                                  # 1 host of 2 workers, then 2 hosts of 1 worker
-    python bench_hosts.py --workers 16 --netns --duration 120
+    python -m benchmarks.bench_hosts                                  # 1 host of 2 workers, then 2 hosts of 1 worker
+    python -m benchmarks.bench_hosts --workers 16 --netns --duration 120
 
 Every run is a real training run (main.py; under torchrun for several hosts) with the same total of workers,
 split evenly between the hosts; the rate is the run's global frame count over the last --duration seconds,
 read from host 0's progress lines. The hosts share this machine's cores, so the per-core figure is the
-total over the cores of the machine. Also the helpers that start hosts, which the multi-host tests use.
+total over the cores of the machine.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from datetime import datetime
 
-from bench import hardware, write_json
+from benchmarks.bench import hardware, write_json
+from cli import Parser, add_run_flags
+from local_hosts import ROOT, free_port, network_namespaces, torchrun_command, torchrun_env
 from metrics import read_metrics
 from utils import UsageError, safe_name
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-SUBNET = "10.77.0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun_command(index: int, hosts: int, endpoint: str, main_args, max_restarts: int = 0, netns=None) -> list:
-    """The command that starts host `index` of `hosts`: torchrun, one main.py, host 0 holding the rendezvous
-    store (is_host, so that hosts on one machine do not race for it). `netns`: see network_namespaces."""
-    return [
-        *(["ip", "netns", "exec", netns["name"]] if netns else []),
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        *("--nnodes", hosts, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint),
-        *("--rdzv-conf", f"is_host={int(index == 0)}", "--max-restarts", max_restarts),
-        *(["--local-addr", netns["addr"]] if netns else []),
-        os.path.join(ROOT, "main.py"),
-        *main_args,
-    ]
-
-
-def torchrun_env(netns=None) -> dict:
-    """The environment a host needs: torch's shared rendezvous store loses a host that rejoins after a restart
-    (so it is turned off), and in a namespace gloo must use its interface, not what the hostname resolves to."""
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    if netns:
-        env["GLOO_SOCKET_IFNAME"] = netns["ifname"]
-    return env
-
-
-@contextmanager
-def network_namespaces(tag: str):
-    """Two network namespaces joined by a veth pair, SUBNET.1 and SUBNET.2: two hosts with their own addresses.
-    Yields [{"name", "addr", "ifname"}] per host; raises UsageError where they cannot be made (root, iproute2)."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        raise UsageError("network namespaces need root and iproute2's ip command")
-    names = [f"{tag}h0", f"{tag}h1"]
-    setup = [
-        *[["ip", "netns", "add", name] for name in names],
-        ["ip", "link", "add", f"{tag}v0", "type", "veth", "peer", "name", f"{tag}v1"],
-        *[["ip", "link", "set", f"{tag}v{i}", "netns", names[i]] for i in range(2)],
-        *[["ip", "-n", names[i], "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", f"{tag}v{i}"] for i in range(2)],
-        *[["ip", "-n", names[i], "link", "set", dev, "up"] for i in range(2) for dev in (f"{tag}v{i}", "lo")],
-    ]
-    try:
-        for command in setup:
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise UsageError(f"cannot make network namespaces here: {' '.join(command)}: {done.stderr.strip()}")
-        yield [{"name": names[i], "addr": f"{SUBNET}.{i + 1}", "ifname": f"{tag}v{i}"} for i in range(2)]
-    finally:
-        for name in names:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
 
 PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) frames ([\d,]+) \|", re.M)
 
@@ -155,9 +94,8 @@ def run_hosts(args, hosts: int, namespaces, root: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench_hosts.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default="PongNoFrameskip-v4")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers in all, split between hosts")
+    p = Parser(prog="bench_hosts.py", description=__doc__.split("\n\n")[0])
+    add_run_flags(p, gpus=False, workers_help="workers in all, split between hosts")
     p.add_argument("--hosts", type=int, default=2, help="hosts of the multi-host runs (2 with --netns)")
     p.add_argument("--netns", action="store_true", help="also run the hosts in network namespaces of their own")
     p.add_argument("--warmup", type=float, default=30.0, help="seconds from launch not counted")

@@ -1,8 +1,8 @@
 """Training-throughput benchmark on real PongNoFrameskip-v4: the toolkit's fast path against a textbook baseline.
 
-    python bench.py                      # workers = cores, CPU
-    python bench.py --gpu-ids 0 --workers 16 --envs-per-worker 4
-    python bench.py --phases             # also: where one worker's time goes, per agent step
+    python -m benchmarks.bench                      # workers = cores, CPU
+    python -m benchmarks.bench --gpu-ids 0 --workers 16 --envs-per-worker 4
+    python -m benchmarks.bench --phases             # also: where one worker's time goes, per agent step
 
 Both variants run the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
@@ -28,6 +28,7 @@ from dataclasses import replace
 import torch
 import torch.multiprocessing as mp
 
+from cli import Parser, add_run_flags
 from environment import describe_env
 from launcher import build_run
 from settings import Config, check_gpus
@@ -148,10 +149,8 @@ def write_json(path: str, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="PongNoFrameskip-v4")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--gpu-ids", type=int, nargs="+", default=[-1])
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(p)
     p.add_argument("--envs-per-worker", type=int, default=1, help="for the fast path (the baseline keeps 1)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the fast path")
     p.add_argument("--warmup", type=float, default=15.0, help="seconds counted from every worker's first update")

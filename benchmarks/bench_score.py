@@ -1,8 +1,8 @@
 """Time-to-score benchmark: real training runs from launch until the test games reach a score.
 
-    python bench_score.py --score 18 --window 5 --seeds 1 2 --max-time 2400
-    python bench_score.py --score 18 --milestones -10 0 10 --train-args "" "--tau 1.0 --lr 1e-4"
-    python bench_score.py --score 18 --train-args=--test-stochastic
+    python -m benchmarks.bench_score --score 18 --window 5 --seeds 1 2 --max-time 2400
+    python -m benchmarks.bench_score --score 18 --milestones -10 0 10 --train-args "" "--tau 1.0 --lr 1e-4"
+    python -m benchmarks.bench_score --score 18 --train-args=--test-stochastic
 
 A lone flag as --train-args needs the "=" form, or argparse would read it as one of this script's options.
 
@@ -29,21 +29,13 @@ import sys
 import tempfile
 import time
 
-from bench import hardware, write_json
+from benchmarks.bench import hardware, write_json
+from cli import Parser, add_run_flags
 from environment import describe_env
 from main import parse_config
-from metrics import read_metrics
+from metrics import first_reaching, read_metrics
 from settings import check_values
 from utils import UsageError, safe_name
-
-
-def first_reaching(rows: list[dict], score: float, window: int) -> dict | None:
-    """The first test game after which the mean of the last `window` games is >= score (window 1: that game)."""
-    rewards = [row["reward"] for row in rows]
-    for i in range(window - 1, len(rows)):
-        if statistics.fmean(rewards[i - window + 1 : i + 1]) >= score:
-            return {"seconds": rows[i]["since_launch"], "frames": int(rows[i]["frames"]), "games": i + 1}
-    return None
 
 
 def timeline(rows: list[dict], window: int, seconds: float) -> list[dict]:
@@ -97,7 +89,7 @@ def train_to_score(args, train_args: str, seed: int, run_dir: str) -> dict:
     label = f"{variant_name(train_args)}, seed {seed}"
     launch = time.time()
     with open(os.path.join(run_dir, "main.out"), "w") as out:
-        main_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+        main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
         command = [sys.executable, main_py, *main_flags(args, train_args, seed, run_dir)]
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         shown, interrupted = 0, False
@@ -257,10 +249,8 @@ def run_benchmark(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="PongNoFrameskip-v4")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--gpu-ids", type=int, nargs="+", default=[-1])
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(p)
     p.add_argument("--score", type=float, required=True, help="train until the test mean reaches this")
     p.add_argument("--window", type=int, default=5, help="consecutive test games averaged")
     p.add_argument("--milestones", type=float, nargs="+", default=[], help="lower scores also timed, e.g. -10 0 10")

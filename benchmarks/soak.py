@@ -1,6 +1,6 @@
 """Soak test (not part of CI): train for a while, kill a random worker every so often, then check the run.
 
-    python soak.py --minutes 20 --kill-every 60
+    python -m benchmarks.soak --minutes 20 --kill-every 60
 
 Checks that frames kept increasing, that resident memory per process stayed flat (prints the slope),
 that no process is left after Ctrl-C, and that the final checkpoint loads and evaluates.
@@ -21,10 +21,11 @@ import tempfile
 import time
 
 from checkpoint import load_checkpoint
-from tests.helpers import alive, descendants, title_of
+from cli import Parser, add_run_flags
+from proctree import alive, descendants, title_of
 from utils import safe_name
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the toolkit, where main.py is
 
 
 def rss_mb(pid: int) -> float | None:
@@ -59,11 +60,10 @@ def latest_frames(log_path: str) -> int | None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=20)
     p.add_argument("--kill-every", type=float, default=60, help="seconds between kill -9 of a random worker")
-    p.add_argument("--env", default="PongNoFrameskip-v4")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    add_run_flags(p, gpus=False)
     p.add_argument("--out", default=None, help="directory for logs, checkpoints and soak.json (default: a temp dir)")
     args = p.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="soak-")
