@@ -170,7 +170,7 @@ def test_tensorboard_scalars(run_dirs):
 
 
 def test_a_classic_command_line_runs_unchanged(run_dirs):
-    """rl_a3c_pytorch's short flags, as its README writes them; Ctrl-C stops it, and each flag took effect."""
+    """rl_a3c_pytorch's short flags, as its main.py defines them; Ctrl-C stops it, and each flag took effect."""
     models, logs = run_dirs["models"], run_dirs["logs"]
     classic = "-w 1 -ev PongDeterministic-v4 -l 0.0002 -t 1.0 -g 0.98 -s 7 -ns 10 -mel 5000 -hs 256 -ec 0.02 -vc 0.4"
     classic += f" -so True -o Adam -a -smd {models}/ -lmd {models}/ -lg {logs}/ -gp -1 -evc config.json -dss 10 20"
