@@ -1,0 +1,138 @@
+"""The models shipped in trained_models/: ship one (weights and its evaluation in a JSON beside it); draw the
+README's table.
+
+    python -m benchmarks.shipped_models ship runs/models/PongNoFrameskip-v4_last.dat \
+        --hardware "2 CPU cores (AMD EPYC)" --command "python main.py --save-max ..."
+    python -m benchmarks.shipped_models table --readme README.md
+
+`ship` writes the checkpoint's weights, counters and settings, without the optimizer statistics (a third of
+the size; `--load` from it restores weights only), as trained_models/<env>.dat, plays --episodes whole games
+with it (gym_eval's games: greedy, game i with seed --seed + i) and writes trained_models/<env>.json: env,
+frames, training time, hardware, the training command, and every game's reward. `table`
+prints the results table from every trained_models/*.json; with --readme it rewrites the README's table
+between its `results` markers.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from api import evaluate
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import Parser, run_command
+from utils import UsageError, safe_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = os.path.join(ROOT, "trained_models")
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def ship(source: str, models_dir: str = MODELS) -> str:
+    """Write `source` without its optimizer statistics into `models_dir`; return the path written."""
+    ckpt = load_checkpoint(source)
+    env = ckpt.args.get("env")
+    if env is None:
+        raise UsageError(f"{source} does not record its env: ship a checkpoint this toolkit saved")
+    path = os.path.join(models_dir, f"{safe_name(env)}.dat")
+    save_checkpoint(path, replace(ckpt, optimizer=None))
+    return path
+
+
+def describe(path: str, hardware: str, command: str, episodes: int, seed: int, workers: int, seconds: float | None):
+    """Evaluate the model at `path` and return the JSON that goes beside it."""
+    ckpt = load_checkpoint(path)
+    env = ckpt.args["env"]
+    results = evaluate(path, env, episodes=episodes, seed=seed, workers=workers)
+    summary = results["summary"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {
+        "env": env,
+        "checkpoint": os.path.basename(path),
+        "frames": ckpt.frames,
+        "updates": ckpt.updates,
+        "training_seconds": seconds if seconds is not None else ckpt.elapsed,
+        "hardware": hardware,
+        "command": command,
+        "evaluated": {"date": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip(), "seed": seed},
+        "evaluation": {k: summary[k] for k in ("games", "mean", "std", "min", "max", "median")},
+        "games": [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]],
+    }
+
+
+def shipped() -> list[dict]:
+    models = []
+    for path in sorted(glob.glob(os.path.join(MODELS, "*.json"))):
+        with open(path) as f:
+            models.append(json.load(f))
+    return models
+
+
+def table(models: list[dict]) -> str:
+    lines = [
+        "| game | score (mean ± std) | games | frames | training time | hardware |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for m in models:
+        e = m["evaluation"]
+        lines.append(
+            f"| {m['env']} | {e['mean']:.2f} ± {e['std']:.2f} | {e['games']} | {m['frames'] / 1e6:.2f} M "
+            f"| {m['training_seconds'] / 60:.0f} min | {m['hardware']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(readme: str, text: str) -> None:
+    with open(readme) as f:
+        content = f.read()
+    if BEGIN not in content or END not in content:
+        raise UsageError(f"{readme} has no {BEGIN} ... {END} block: add one where the table goes")
+    head, rest = content.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(readme, "w") as f:
+        f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="shipped_models", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="action", required=True)
+    ev = sub.add_parser("ship", help="copy a model into trained_models/, evaluate it, write its JSON")
+    ev.add_argument("model", help="the checkpoint to ship")
+    ev.add_argument("--hardware", required=True, help="where it was trained")
+    ev.add_argument("--command", required=True, help="the command that trained it")
+    ev.add_argument("--training-seconds", type=float, help="training time (default: the checkpoint's)")
+    ev.add_argument("--episodes", type=int, default=100)
+    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    tb = sub.add_parser("table", help="print the results table of every trained_models/*.json")
+    tb.add_argument("--readme", help="rewrite this README's table in place")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        if args.action == "ship":
+            path = ship(args.model)
+            data = describe(
+                path, args.hardware, args.command, args.episodes, args.seed, args.workers, args.training_seconds
+            )
+            out = os.path.splitext(path)[0] + ".json"
+            with open(out, "w") as f:
+                json.dump(data, f, indent=2)
+            e = data["evaluation"]
+            print(f"{data['env']}: {e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games; wrote {out}")
+            return 0
+        text = table(shipped())
+        if args.readme:
+            write_readme(args.readme, text)
+        print(text)
+        return 0
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

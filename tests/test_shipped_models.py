@@ -1,0 +1,45 @@
+"""The models shipped in trained_models/: each loads, fits its env and replays the games its JSON records;
+the README's results table is the one the shipped JSON files give."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from api import evaluate
+from checkpoint import load_checkpoint
+from tests.helpers import ROOT, run_cli
+
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "trained_models", "*.json")))
+REPLAYED = 2  # games replayed per model
+TOLERANCE = 2.0  # points per game: the same seeded game replays exactly on one CPU; another CPU's float
+# rounding may flip an argmax somewhere in a game of thousands of steps
+
+
+def test_pong_is_shipped():
+    assert any(json.load(open(p))["env"] == "PongNoFrameskip-v4" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("meta", SHIPPED, ids=os.path.basename)
+def test_a_shipped_model_scores_what_its_json_says(meta):
+    with open(meta) as f:
+        recorded = json.load(f)
+    path = os.path.join(os.path.dirname(meta), recorded["checkpoint"])
+    ckpt = load_checkpoint(path)
+    assert ckpt.args["env"] == recorded["env"] and ckpt.frames == recorded["frames"]
+    assert recorded["evaluation"]["games"] == len(recorded["games"]) >= 100
+    results = evaluate(path, recorded["env"], episodes=REPLAYED, seed=recorded["evaluated"]["seed"], workers=REPLAYED)
+    for played, saved in zip(results["games"], recorded["games"]):
+        assert played["seed"] == saved["seed"]
+        assert abs(played["reward"] - saved["reward"]) <= TOLERANCE, (played, saved)
+
+
+def test_the_readme_table_is_generated_from_the_shipped_json():
+    result = run_cli("-m", "benchmarks.shipped_models", "table")
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    block = readme.split("<!-- results:begin -->\n", 1)[1].split("\n<!-- results:end -->", 1)[0]
+    assert block == result.stdout.strip()
+    assert block.count("\n") == 1 + len(SHIPPED)
