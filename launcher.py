@@ -92,11 +92,9 @@ def keep_previous_run(cfg: Config) -> list[str]:
     if not earlier:
         return []
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, earlier))))
-    kept = []
-    for path in earlier:
-        stem, ext = (path.removesuffix(".dat"), ".dat") if path in checkpoints else (path, "")
-        os.replace(path, f"{stem}.{stamp}{ext}")
-        kept.append(f"{stem}.{stamp}{ext}")
+    kept = [f"{p.removesuffix('.dat')}.{stamp}.dat" if p in checkpoints else f"{p}.{stamp}" for p in earlier]
+    for path, aside in zip(earlier, kept):
+        os.replace(path, aside)
     return kept
 
 
