@@ -28,7 +28,7 @@ from dataclasses import replace
 import torch
 import torch.multiprocessing as mp
 
-from cli import Parser, add_run_flags
+from cli import Parser, add_run_flags, run_command
 from environment import describe_env
 from launcher import build_run
 from settings import Config, check_gpus
@@ -160,14 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase-updates", type=int, default=40, help="updates timed per variant with --phases")
     p.add_argument("--json", default="logs/bench.json", help="where to write the results")
     args = p.parse_args(argv)
-    try:
-        if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.phase_updates < 1 or args.workers < 1:
-            raise UsageError("--duration, --rounds, --phase-updates and --workers must be positive, --warmup >= 0")
-        check_gpus(args.gpu_ids)
-        num_actions = describe_env(args.env, "config.json")
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: benchmark(args))
+
+
+def benchmark(args) -> int:
+    """Check the flags (a UsageError before anything starts), then run the rounds and report."""
+    if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.phase_updates < 1 or args.workers < 1:
+        raise UsageError("--duration, --rounds, --phase-updates and --workers must be positive, --warmup >= 0")
+    check_gpus(args.gpu_ids)
+    num_actions = describe_env(args.env, "config.json")
     log_dir = tempfile.mkdtemp(prefix="bench-logs-")  # worker error logs stay out of the user's training log
     common = Config(env=args.env, workers=args.workers, gpu_ids=tuple(args.gpu_ids), log_dir=log_dir)
     variants = {

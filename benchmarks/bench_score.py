@@ -30,7 +30,7 @@ import tempfile
 import time
 
 from benchmarks.bench import hardware, write_json
-from cli import Parser, add_run_flags
+from cli import Parser, add_run_flags, run_command
 from environment import describe_env
 from main import parse_config
 from metrics import first_reaching, read_metrics
@@ -266,26 +266,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default="logs", help="where the runs keep their logs and checkpoints")
     p.add_argument("--json", default="logs/bench_score.json", help="where to write the results")
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        if lone := lone_train_flag(argv):
-            raise UsageError(f'a lone main.py flag after --train-args needs "=": --train-args={lone}')
-        args = p.parse_args(argv)
-        if args.window < 1 or args.max_time <= 0 or args.workers < 1:
-            raise UsageError("--window, --workers and --max-time must be positive")
-        if any(m >= args.score for m in args.milestones):
-            raise UsageError(f"--milestones must lie below --score {args.score:g}, got {args.milestones}")
-        args.milestones = sorted(args.milestones)
-        for train_args in args.train_args:  # a bad flag stops here, as main.py would report it, before any run
-            check_values(parse_config(main_flags(args, train_args, args.seeds[0], args.runs_dir)))
-        describe_env(args.env, "config.json")
-        os.makedirs(args.runs_dir, exist_ok=True)
-    except ValueError as e:
-        print(f"error: --train-args cannot be split into flags ({e})", file=sys.stderr)
-        return 2
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run_benchmark(args)
+    return run_command(lambda: run_benchmark(checked_args(p, argv)))
+
+
+def checked_args(p, argv: list[str]):
+    """The flags, each variant checked as main.py would check it: a UsageError before any run starts."""
+    if lone := lone_train_flag(argv):
+        raise UsageError(f'a lone main.py flag after --train-args needs "=": --train-args={lone}')
+    args = p.parse_args(argv)
+    if args.window < 1 or args.max_time <= 0 or args.workers < 1:
+        raise UsageError("--window, --workers and --max-time must be positive")
+    if any(m >= args.score for m in args.milestones):
+        raise UsageError(f"--milestones must lie below --score {args.score:g}, got {args.milestones}")
+    args.milestones = sorted(args.milestones)
+    for train_args in args.train_args:  # a bad flag stops here, as main.py would report it, before any run
+        try:
+            flags = main_flags(args, train_args, args.seeds[0], args.runs_dir)
+        except ValueError as e:
+            raise UsageError(f"--train-args cannot be split into flags ({e})") from None
+        check_values(parse_config(flags))
+    describe_env(args.env, "config.json")
+    os.makedirs(args.runs_dir, exist_ok=True)
+    return args
 
 
 if __name__ == "__main__":
