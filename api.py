@@ -35,7 +35,8 @@ from launcher import (
 )
 from metrics import read_metrics, setup_logger
 from model import A3Clstm
-from settings import Config, check_values, gpu_sharing_warning, mps_running
+from mps import gpu_sharing, shared_gpus
+from settings import Config, check_values
 from utils import UsageError
 
 
@@ -84,9 +85,6 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     cores = os.cpu_count() or 1
     if cfg.workers > cores:
         logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
-    sharing = gpu_sharing_warning(cfg, mps_running())
-    if sharing:
-        logger.warning("warning: %s", sharing)
     devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
     logger.info(
         "training %s with %d workers on %s, %s test games; logs in %s, checkpoints in %s",
@@ -104,7 +102,8 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
             *(cfg.host, cfg.hosts, cfg.sync_interval, cfg.sync_op, "" if cfg.host == 0 else "; host 0 tests and saves"),
         )
     supervisor = Supervisor(run, logger, ckpt.best_score if ckpt else None, received, peers)
-    exit_code = supervisor.run()
+    with gpu_sharing(cfg.mps, shared_gpus(cfg.gpu_ids, cfg.workers), log_line(logger)):
+        exit_code = supervisor.run()
     if peers is not None:
         peers.stop_agent_if_interrupted_elsewhere(logger)
     metrics = cfg.log_path("_metrics.csv")
@@ -117,6 +116,11 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
         best_score=supervisor.best_score,
         metrics=read_metrics(metrics) if os.path.exists(metrics) else [],
     )
+
+
+def log_line(logger):
+    """`log(line, warning)` for code that reports through the run's log without holding a logger."""
+    return lambda line, warning: (logger.warning if warning else logger.info)(line)
 
 
 def evaluate(checkpoint: str, env: str = "PongNoFrameskip-v4", episodes: int = 100, **settings) -> dict:

@@ -10,6 +10,7 @@ import sys
 
 from api import train
 from cli import BOOL_FLAG, Parser, run_command
+from mps import MODES as MPS_MODES
 from settings import Config
 
 # rl_a3c_pytorch's short spellings of its flags, so that a classic command line runs unchanged.
@@ -100,6 +101,13 @@ def build_parser() -> Parser:
     p.add_argument("--log-dir", default=defaults.log_dir, help="where logs, metrics and plots are written")
     p.add_argument(
         "--gpu-ids", type=int, nargs="+", default=list(defaults.gpu_ids), help="GPUs for workers, round-robin (-1: CPU)"
+    )
+    p.add_argument(
+        "--mps",
+        default=defaults.mps,
+        choices=MPS_MODES,
+        help="CUDA MPS for workers sharing a GPU: auto uses a running daemon or starts one for the run and goes "
+        "on without where it cannot; on makes that an error; off keeps workers off MPS",
     )
     p.add_argument(
         "--envs-per-worker",

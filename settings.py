@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from mps import MODES as MPS_MODES
 from utils import UsageError, safe_name
 
 
@@ -39,6 +40,7 @@ class Config:
     save_model_dir: str = "trained_models/"
     log_dir: str = "logs/"
     gpu_ids: tuple[int, ...] = (-1,)
+    mps: str = "auto"  # CUDA MPS for workers sharing a GPU: auto, on, off (mps.py)
     envs_per_worker: int = 1
     textbook: bool = False
     channels_last: bool = True
@@ -133,6 +135,8 @@ def check_values(cfg: Config) -> None:
     }.items():
         if not value > 0 or not math.isfinite(value):
             raise UsageError(f"{name} must be a positive number of seconds, got {value}")
+    if cfg.mps not in MPS_MODES:
+        raise UsageError(f"--mps must be one of {', '.join(MPS_MODES)}, got {cfg.mps!r}")
     check_gpus(cfg.gpu_ids)
 
 
@@ -146,27 +150,3 @@ def check_gpus(gpu_ids) -> None:
             )
     if -1 in gpu_ids and len(gpu_ids) > 1:
         raise UsageError("--gpu-ids mixes -1 (CPU) with GPU ids: pass either -1 or GPU ids")
-
-
-def mps_running() -> bool:
-    """Whether a CUDA MPS control daemon is up (its pipe directory holds its `control` socket)."""
-    pipe_dir = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
-    return os.path.exists(os.path.join(pipe_dir, "control"))
-
-
-def gpu_sharing_warning(cfg: Config, mps: bool) -> str | None:
-    """A hint when several workers share one GPU without MPS.
-
-    Each process has its own CUDA context, and without the MPS daemon the GPU runs one context at a time:
-    16 A3G workers on one H100 ran at 3,400 frames/s that way, slower than 16 CPU workers, and at
-    10,000-11,000 under MPS (13,000-17,000 on an H200)."""
-    if cfg.gpu_ids == (-1,) or mps:
-        return None
-    gpu = cfg.gpu_ids[0]  # workers go round the ids, so the first has the most
-    shared = [cfg.device_for(rank).index for rank in range(cfg.workers)].count(gpu)
-    if shared < 2:
-        return None
-    return (
-        f"{shared} workers share GPU {gpu} without the CUDA MPS daemon, so they take turns on it: "
-        "start it with `nvidia-cuda-mps-control -d` (several times the frames/s; see README, A3G)"
-    )

@@ -1,0 +1,191 @@
+"""mps.py: the --mps decision, and the daemon's lifecycle as real processes.
+
+This machine has no NVIDIA tools, so the lifecycle tests put tests/mps_stand_in first on PATH: a stand-in
+for nvidia-cuda-mps-control with its documented interface (control socket, `quit`). The real daemon is
+tested in test_cuda.py where CUDA is present.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import mps
+from mps import Machine, Plan, gpu_sharing, plan, shared_gpus
+from tests.helpers import ROOT, run_cli, wait_for
+from utils import UsageError
+
+STAND_IN = os.path.join(ROOT, "tests", "mps_stand_in")
+ME = os.getuid()
+
+
+def machine(**changes) -> Machine:
+    base = {"control": "/usr/bin/nvidia-cuda-mps-control", "pipe_dir": "/tmp/nvidia-mps", "daemon_uid": None}
+    return Machine(**{**base, "uid": ME, "compute_modes": {}, **changes})
+
+
+def test_processes_sharing_a_gpu_count_the_workers_round_the_ids_and_the_test_process_on_the_first():
+    assert shared_gpus((0,), 16) == {0: 17}
+    assert shared_gpus((0, 1, 2, 3), 8) == {0: 3, 1: 2, 2: 2, 3: 2}
+    assert shared_gpus((0, 1), 2) == {0: 2}  # worker 0 and the test process
+    assert shared_gpus((0, 1, 2), 2) == {0: 2}
+    assert shared_gpus((-1,), 16) == {}
+
+
+def test_the_plan_for_each_machine():
+    shared = {0: 17}
+    assert plan("auto", shared, machine()) == Plan("start", "CUDA MPS: started a daemon for 17 processes on GPU 0")
+    assert plan("on", shared, machine(daemon_uid=ME)).action == "use"
+    assert "using the running daemon in /tmp/nvidia-mps" in plan("auto", shared, machine(daemon_uid=ME)).line
+    off = plan("off", shared, machine(daemon_uid=ME))
+    assert (off.action, off.warning) == ("hide", False)  # said so: no warning
+    for other in (machine(control=None), machine(daemon_uid=ME + 1)):
+        hint = plan("auto", shared, other)
+        assert (hint.action, hint.warning) == ("hide", True)
+        assert "take turns on it" in hint.line and "\n" not in hint.line
+        with pytest.raises(UsageError, match="^--mps on: .* or pass --mps auto"):
+            plan("on", shared, other)
+    assert "not installed" in plan("auto", shared, machine(control=None)).line
+    assert f"another user's CUDA MPS daemon (uid {ME + 1})" in plan("auto", shared, machine(daemon_uid=ME + 1)).line
+
+
+def test_a_gpu_in_exclusive_process_mode_without_mps_is_an_error_whatever_the_mode():
+    exclusive = {"compute_modes": {0: "Exclusive_Process"}}
+    assert plan("auto", {0: 3}, machine(**exclusive)).action == "start"  # what MPS is for there
+    for mode, other in [("auto", machine(control=None, **exclusive)), ("off", machine(**exclusive))]:
+        with pytest.raises(UsageError, match="^GPU 0 is in exclusive-process mode"):
+            plan(mode, {0: 3}, other)
+
+
+def test_a_bad_mps_value_is_one_line_and_exit_2(tmp_path):
+    done = run_cli("main.py", "--mps", "sometimes", "--log-dir", tmp_path, "--save-model-dir", tmp_path)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: argument --mps: invalid choice: 'sometimes'") and "auto" in line
+    from api import train
+    from settings import Config
+
+    with pytest.raises(UsageError, match="^--mps must be one of auto, on, off, got 'sometimes'$"):
+        train(Config(mps="sometimes", log_dir=str(tmp_path), save_model_dir=str(tmp_path)))
+
+
+def test_without_the_tools_a_run_warns_once_and_keeps_its_workers_off_any_daemon(monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    lines = []
+    with gpu_sharing("auto", {0: 3}, lambda line, warning: lines.append((line, warning))):
+        pipe_dir = os.environ["CUDA_MPS_PIPE_DIRECTORY"]
+        assert os.listdir(pipe_dir) == []  # the workers find no daemon there
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not os.path.exists(pipe_dir)
+    assert len(lines) == 1 and lines[0][1] and "nvidia-cuda-mps-control is not installed" in lines[0][0]
+    with pytest.raises(UsageError, match="^--mps on: nvidia-cuda-mps-control is not installed"):
+        with gpu_sharing("on", {0: 3}, lambda *_: None):
+            pass
+
+
+# ---------------------------------------------------------------- lifecycle, with the stand-in daemon
+
+LAUNCHER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    import mps
+
+    with mps.gpu_sharing(sys.argv[1], {{0: 3}}, lambda line, warning: print(line, flush=True)):
+        print("pipe", os.environ["CUDA_MPS_PIPE_DIRECTORY"], flush=True)
+        if sys.argv[2] == "crash":
+            raise RuntimeError("a crash in the run")
+        if sys.argv[2] == "wait":
+            time.sleep(120)
+    """
+)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    monkeypatch.setenv("PATH", STAND_IN + os.pathsep + os.environ["PATH"])
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.delenv("MPS_STAND_IN_REFUSE", raising=False)
+
+
+def start_launcher(mode: str, how: str) -> tuple[subprocess.Popen, str]:
+    """A process that holds gpu_sharing as the launcher does; returns it and its workers' pipe dir."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER.format(root=ROOT), mode, how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if line.startswith("pipe "):
+            return launcher, line.split()[1], lines
+    raise AssertionError("".join(lines))
+
+
+def daemon_pid(pipe_dir: str) -> int:
+    with open(os.path.join(pipe_dir, "stand-in.pid")) as f:
+        return int(f.read())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("end", ["normal", "crash", "ctrl-c", "sigkill"])
+def test_a_daemon_started_for_the_run_stops_however_the_run_ends(stand_in, end):
+    launcher, pipe_dir, lines = start_launcher("auto", "wait" if end in ("ctrl-c", "sigkill") else end)
+    assert "CUDA MPS: started a daemon for 3 processes on GPU 0" in lines[0]
+    pid = daemon_pid(pipe_dir)
+    if end == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)
+    elif end == "sigkill":
+        launcher.kill()  # no cleanup in the launcher: its guard sees its stdin end
+    launcher.wait(60)
+    rest = launcher.stdout.read()
+    assert wait_for(lambda: not alive(pid), 30), f"the daemon {pid} outlived the run"
+    root = os.path.dirname(pipe_dir)
+    assert wait_for(lambda: not os.path.exists(root), 10), f"{root} was left behind"
+    if end != "sigkill":
+        assert "CUDA MPS: stopped the run's daemon" in rest
+    if end == "crash":
+        assert "RuntimeError: a crash in the run" in rest
+
+
+def test_a_running_daemon_is_used_and_left_running(stand_in, tmp_path, monkeypatch):
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "log")}
+    for path in env.values():
+        os.makedirs(path)
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", env["CUDA_MPS_PIPE_DIRECTORY"])
+    subprocess.run(["nvidia-cuda-mps-control", "-d"], env={**os.environ, **env}, check=True)
+    assert wait_for(lambda: mps.daemon_owner(env["CUDA_MPS_PIPE_DIRECTORY"]) == ME, 10)
+    try:
+        launcher, pipe_dir, lines = start_launcher("on", "normal")
+        assert launcher.wait(60) == 0
+        assert pipe_dir == env["CUDA_MPS_PIPE_DIRECTORY"]
+        assert f"CUDA MPS: using the running daemon in {pipe_dir}" in lines[0]
+        assert mps.daemon_owner(pipe_dir) == ME  # still up: it is not the run's
+    finally:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env={**os.environ, **env})
+
+
+def test_a_daemon_that_may_not_start_is_one_warning_in_auto_and_an_error_with_on(stand_in, monkeypatch):
+    monkeypatch.setenv("MPS_STAND_IN_REFUSE", "An instance of this daemon is already running")
+    lines = []
+    with gpu_sharing("auto", {0: 3}, lambda line, warning: lines.append((line, warning))):
+        assert os.listdir(os.environ["CUDA_MPS_PIPE_DIRECTORY"]) == []
+    assert len(lines) == 1 and lines[0][1]
+    assert "its daemon did not start (nvidia-cuda-mps-control -d exited with code 1: An instance" in lines[0][0]
+    assert "nvidia-cuda-mps-control -d` as a user allowed to" in lines[0][0]
+    with pytest.raises(UsageError, match="^--mps on: its daemon did not start"):
+        with gpu_sharing("on", {0: 3}, lambda *_: None):
+            pass
