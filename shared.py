@@ -3,6 +3,7 @@ process's own model to the shared one; and the setup every process does first.""
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -135,20 +136,29 @@ class SharedLink:
         self.device = device
         self.pin = device.type == "cuda"
         self.grads: list[torch.Tensor] = []  # allocated on the first push: the test process never pushes
+        self.norm: torch.Tensor | None = None
 
     def pull(self) -> None:
         with torch.no_grad():
             for local, shared in zip(self.local, self.shared):
                 local.copy_(shared)
 
-    def push(self) -> None:
-        """From a GPU: all copies queued without waiting, then one wait before the optimizer reads them."""
+    def push(self, norm: torch.Tensor) -> float:
+        """Hand the gradients to the shared model unless `norm` (their total norm) is not finite; returns it as
+        a float. From a GPU all copies, the norm's too, are queued without waiting, then one wait."""
         if not self.grads:
             self.grads = [torch.zeros(p.shape, pin_memory=self.pin) for p in self.shared]
+            self.norm = torch.zeros((), pin_memory=self.pin)
         for buffer, local, shared in zip(self.grads, self.local, self.shared):
             shared.grad = None if local.grad is None else buffer.copy_(local.grad, non_blocking=self.pin)
+        self.norm.copy_(norm, non_blocking=self.pin)
         if self.pin:
             torch.cuda.synchronize(self.device)
+        value = float(self.norm)
+        if not math.isfinite(value):
+            for shared in self.shared:
+                shared.grad = None
+        return value
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from contextlib import nullcontext
@@ -141,16 +142,16 @@ def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config) -> Losses:
 
 
 def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor, max_grad_norm: float) -> bool:
-    """Backpropagate, clip, hand the gradients to the shared model and step; a non-finite one is dropped."""
+    """Backpropagate, clip, hand the gradients to the shared model and step; a non-finite one is dropped.
+    On a GPU the norm is read on the CPU after the one wait that the gradients' copies need."""
     model.zero_grad(set_to_none=True)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads)
-    if not torch.isfinite(norm):
-        return False
     if max_grad_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_grad_norm, norm)
-    link.push()
+    if not math.isfinite(link.push(norm)):
+        return False
     optimizer.step()
     return True
 

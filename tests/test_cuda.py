@@ -32,6 +32,22 @@ def test_gradients_from_a_gpu_worker_update_the_cpu_shared_model():
         assert all(buffer.is_pinned() for buffer in link.grads)
 
 
+def test_an_update_from_a_gpu_waits_for_the_device_once_and_never_implicitly():
+    gpu = torch.device("cuda", 0)
+    shared = A3Clstm(1, 6, 64).share_memory()
+    local = A3Clstm(1, 6, 64).to(gpu)
+    link = SharedLink(shared, local, gpu)
+    optimizer = torch.optim.SGD(shared.parameters(), lr=0.1)
+    x = torch.randn(2, 1, 80, 80, device=gpu)
+    for max_grad_norm in (0.0, 0.5):
+        value, logits, _ = local(x, local.initial_state(2, gpu))
+        torch.cuda.set_sync_debug_mode("error")  # an implicit wait (.item(), a tensor in an `if`) raises
+        try:
+            assert apply_update(local, link, optimizer, value.sum() + logits.pow(2).sum(), max_grad_norm)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_a3g_training_run(tmp_path):
     result = run_cli(
         "main.py",
