@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 
 from checkpoint import Checkpoint, check_fits, load_checkpoint, save_run
 from environment import describe_env
+from metrics import reaches
 from model import A3Clstm
 from settings import Config
 from shared import Counters, GameResults, RunClock, RunShared, StopFlag
@@ -302,11 +303,7 @@ class Supervisor:
             self.request_stop(f"reached --max-steps {cfg.max_steps:,} frames")
         elif cfg.max_time and elapsed >= cfg.max_time:
             self.request_stop(f"reached --max-time {cfg.max_time:g} s")
-        elif (
-            cfg.target_score is not None
-            and len(self.test_rewards) == cfg.target_window
-            and sum(self.test_rewards) / cfg.target_window >= cfg.target_score
-        ):
+        elif cfg.target_score is not None and reaches(list(self.test_rewards), cfg.target_score, cfg.target_window):
             self.request_stop(f"test mean of {cfg.target_window} games reached --target-score {cfg.target_score:g}")
 
     def shutdown(self, grace: float = 10.0) -> None:

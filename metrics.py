@@ -64,11 +64,16 @@ def read_metrics(path: str) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def reaches(rewards: list[float], score: float, window: int) -> bool:
+    """The rule of --target-score: there are `window` test games, and the last `window` average >= score."""
+    return len(rewards) >= window and statistics.fmean(rewards[-window:]) >= score
+
+
 def first_reaching(rows: list[dict], score: float, window: int) -> dict | None:
-    """The first test game after which the mean of the last `window` games is >= score (window 1: that game)."""
+    """The first test game after which the run `reaches` the score (window 1: that game alone)."""
     rewards = [row["reward"] for row in rows]
-    for i in range(window - 1, len(rows)):
-        if statistics.fmean(rewards[i - window + 1 : i + 1]) >= score:
+    for i in range(len(rows)):
+        if reaches(rewards[: i + 1], score, window):
             return {"seconds": rows[i]["since_launch"], "frames": int(rows[i]["frames"]), "games": i + 1}
     return None
 

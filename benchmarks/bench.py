@@ -3,12 +3,14 @@
     python -m benchmarks.bench                      # workers = cores, CPU
     python -m benchmarks.bench --gpu-ids 0 --workers 16 --envs-per-worker 4
     python -m benchmarks.bench --phases             # also: where one worker's time goes, per agent step
+    python -m benchmarks.bench --gpu-ids 0 --workers 16 --variants fast --mps off   # A3G without MPS
 
 Both variants run the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
 memory layout; the fast path keeps only the convolutions' graph while acting, replays the LSTM and
 heads over each rollout in one batched pass, and runs channels-last convolutions. Variants alternate
-for --rounds rounds, so the ratio holds on a noisy machine. Prints a table and writes JSON.
+for --rounds rounds, so the ratio holds on a noisy machine. Prints a table and writes JSON. Workers that
+share a GPU get the CUDA MPS that --mps asks for, as main.py's do (mps.py).
 
 Time to a score, what a user waits for, is bench_score.py's.
 """
@@ -31,10 +33,14 @@ import torch.multiprocessing as mp
 from cli import Parser, add_run_flags, run_command
 from environment import describe_env
 from launcher import build_run
+from mps import MODES as MPS_MODES
+from mps import gpu_sharing, shared_gpus
 from settings import Config, check_gpus
 from shared import Counters
 from train import Worker, train_worker
 from utils import UsageError
+
+VARIANTS = ("textbook", "fast")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -89,17 +95,20 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
 
 
 class PhaseClock:
-    """The `lap` hook of Worker.update: adds the time since the previous lap to the phase that just ended."""
+    """The `lap` hook of Worker.update: adds the time since the previous lap to the phase that just ended.
+    On a GPU each lap first waits for the device, so that a phase's queued kernels count in that phase."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
         self.totals = dict.fromkeys(Worker.PHASES, 0.0)
         self.counting = False
+        self.wait = torch.cuda.synchronize if device.type == "cuda" else lambda: None
         self.last = time.perf_counter()
 
     def start(self, counting: bool) -> None:
         self.counting, self.last = counting, time.perf_counter()
 
     def __call__(self, phase: str) -> None:
+        self.wait()
         now = time.perf_counter()
         if self.counting:
             self.totals[phase] += now - self.last
@@ -110,7 +119,7 @@ def phase_times(cfg: Config, num_actions: int, updates: int) -> dict:
     """The worker's own loop (train.Worker) in this process on one thread: mean ms per agent step in each phase."""
     torch.set_num_threads(1)
     worker = Worker(0, build_run(cfg, num_actions, None, logger=None))
-    clock, warmup = PhaseClock(), 5
+    clock, warmup = PhaseClock(worker.device), 5
     for update in range(warmup + updates):
         clock.start(counting=update >= warmup)
         worker.update(clock)
@@ -158,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating baseline/fast rounds")
     p.add_argument("--phases", action="store_true", help="also time each phase of one worker's loop in-process")
     p.add_argument("--phase-updates", type=int, default=40, help="updates timed per variant with --phases")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what to measure")
+    p.add_argument("--mps", choices=MPS_MODES, default=Config.mps, help="CUDA MPS for workers sharing a GPU")
     p.add_argument("--json", default="logs/bench.json", help="where to write the results")
     args = p.parse_args(argv)
     return run_command(lambda: benchmark(args))
@@ -175,17 +186,20 @@ def benchmark(args) -> int:
         "textbook": replace(common, textbook=True, channels_last=False),
         "fast": replace(common, envs_per_worker=args.envs_per_worker, bf16=args.bf16),
     }
+    variants = {name: cfg for name, cfg in variants.items() if name in args.variants}
     print(f"{args.env}, {args.workers} workers, devices {args.gpu_ids}: {hardware()}", flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
-    for round_ in range(args.rounds):
-        for name, cfg in variants.items():
-            try:
-                result = measure(cfg, num_actions, args.warmup, args.duration)
-            except RuntimeError as e:
-                print(f"error: {name}: {e} (worker logs in {log_dir})", file=sys.stderr)
-                return 1
-            runs[name].append(result)
-            print(f"round {round_ + 1}: {name:8s} {result['frames_per_s']:8.0f} frames/s", flush=True)
+    sharing = gpu_sharing(args.mps, shared_gpus(common.gpu_ids, common.workers), lambda line, _: print(line))
+    with sharing:
+        for round_ in range(args.rounds):
+            for name, cfg in variants.items():
+                try:
+                    result = measure(cfg, num_actions, args.warmup, args.duration)
+                except RuntimeError as e:
+                    print(f"error: {name}: {e} (worker logs in {log_dir})", file=sys.stderr)
+                    return 1
+                runs[name].append(result)
+                print(f"round {round_ + 1}: {name:8s} {result['frames_per_s']:8.0f} frames/s", flush=True)
     summary = {}
     for name, results in runs.items():
         summary[name] = {
@@ -196,7 +210,7 @@ def benchmark(args) -> int:
             "updates_per_s": statistics.fmean(r["updates_per_s"] for r in results),
             "peak_rss_mb_per_worker": max(max(r["peak_rss_mb_per_worker"]) for r in results),
         }
-    ratio = summary["fast"]["frames_per_s"] / summary["textbook"]["frames_per_s"]
+    ratio = summary["fast"]["frames_per_s"] / summary["textbook"]["frames_per_s"] if len(summary) == 2 else None
     print("\n| variant | frames/s | frames/s per worker | updates/s | peak RSS per worker (MB) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, s in summary.items():
@@ -204,7 +218,8 @@ def benchmark(args) -> int:
             f"| {name} | {s['frames_per_s']:.0f} | {s['frames_per_s_per_worker']:.0f} | {s['updates_per_s']:.1f} "
             f"| {s['peak_rss_mb_per_worker']:.0f} |"
         )
-    print(f"\nfast / textbook frames/s: {ratio:.2f}x")
+    if ratio is not None:
+        print(f"\nfast / textbook frames/s: {ratio:.2f}x")
     phases = print_phases(variants, num_actions, args.phase_updates) if args.phases else None
     write_json(
         args.json,
@@ -215,6 +230,7 @@ def benchmark(args) -> int:
             "gpu_ids": args.gpu_ids,
             "envs_per_worker": args.envs_per_worker,
             "bf16": args.bf16,
+            "mps": args.mps,
             "warmup_s": args.warmup,
             "duration_s": args.duration,
             "rounds": runs,

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from datetime import datetime
 
 from benchmarks.bench import hardware, write_json
-from cli import Parser, add_run_flags
+from cli import Parser, add_run_flags, run_command
 from local_hosts import ROOT, free_port, network_namespaces, torchrun_command, torchrun_env
 from metrics import read_metrics
 from utils import UsageError, safe_name
@@ -104,31 +104,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", default="", help='further main.py flags, e.g. "--sync-interval 5"')
     p.add_argument("--json", default="logs/bench_hosts.json", help="where to write the results")
     args = p.parse_args(argv)
-    try:
-        if args.hosts < 2 or args.workers < args.hosts or args.duration <= 0 or args.warmup < 0:
-            raise UsageError("--hosts must be at least 2, --workers at least --hosts, --duration positive")
-        if args.netns and args.hosts != 2:
-            raise UsageError("--netns makes two namespaces: pass --hosts 2")
-        root = tempfile.mkdtemp(prefix="bench-hosts-")
-        cores = os.cpu_count() or 1
-        print(f"{args.env}, {args.workers} workers in all: {hardware()}", flush=True)
-        variants = [("1 host", 1, False), (f"{args.hosts} hosts, loopback", args.hosts, False)]
-        if args.netns:
-            variants.append((f"{args.hosts} hosts, network namespaces", args.hosts, True))
-        results = {}
-        with network_namespaces(f"bh{os.getpid() % 100000}") if args.netns else nullcontext() as namespaces:
-            for name, hosts, own_netns in variants:
+    return run_command(lambda: benchmark(args))
+
+
+def benchmark(args) -> int:
+    """Check the flags (a UsageError before anything starts), then run 1 host and the hosts; report."""
+    if args.hosts < 2 or args.workers < args.hosts or args.duration <= 0 or args.warmup < 0:
+        raise UsageError("--hosts must be at least 2, --workers at least --hosts, --duration positive")
+    if args.netns and args.hosts != 2:
+        raise UsageError("--netns makes two namespaces: pass --hosts 2")
+    root = tempfile.mkdtemp(prefix="bench-hosts-")
+    cores = os.cpu_count() or 1
+    print(f"{args.env}, {args.workers} workers in all: {hardware()}", flush=True)
+    variants = [("1 host", 1, False), (f"{args.hosts} hosts, loopback", args.hosts, False)]
+    if args.netns:
+        variants.append((f"{args.hosts} hosts, network namespaces", args.hosts, True))
+    results = {}
+    with network_namespaces(f"bh{os.getpid() % 100000}") if args.netns else nullcontext() as namespaces:
+        for name, hosts, own_netns in variants:
+            try:
                 result = run_hosts(args, hosts, namespaces if own_netns else None, root)
-                result["frames_per_s_per_core"] = result["frames_per_s"] / cores
-                results[name] = result
-                print(
-                    f"{name}: {result['frames_per_s']:,.0f} frames/s, stopped after {result['seconds']:.0f} s: "
-                    f"{result['stop_reason']}",
-                    flush=True,
-                )
-    except (UsageError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            except RuntimeError as e:
+                print(f"error: {name}: {e}", file=sys.stderr)
+                return 1
+            result["frames_per_s_per_core"] = result["frames_per_s"] / cores
+            results[name] = result
+            print(
+                f"{name}: {result['frames_per_s']:,.0f} frames/s, stopped after {result['seconds']:.0f} s: "
+                f"{result['stop_reason']}",
+                flush=True,
+            )
     base = results["1 host"]["frames_per_s"]
     print("\n| run | frames/s | per core | vs 1 host | launch to stop | frames | test games: best, last 5 | stop |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")

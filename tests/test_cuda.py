@@ -1,12 +1,17 @@
 """A3G paths on a real GPU; skipped where torch sees no CUDA device (CI has none)."""
 
+import os
+import re
+import shutil
+
 import pytest
 import torch
 
+import mps
 from checkpoint import load_checkpoint
 from model import A3Clstm
 from shared import SharedLink
-from tests.helpers import run_cli
+from tests.helpers import run_cli, start_cli
 from train import apply_update
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -69,3 +74,38 @@ def test_a3g_training_run(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert load_checkpoint(str(tmp_path / "PongNoFrameskip-v4.dat")).frames >= 5000
+
+
+def mps_server_running() -> bool:
+    """Whether an nvidia-cuda-mps-server runs: the control daemon starts one once a client connects."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "nvidia-cuda-mps-server":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.skipif(shutil.which("nvidia-cuda-mps-control") is None, reason="needs NVIDIA's MPS tools")
+def test_a_run_sharing_a_gpu_starts_its_own_mps_daemon_serves_its_workers_and_stops_it(tmp_path):
+    if mps.daemon_owner(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", mps.DEFAULT_PIPE_DIR)) is not None:
+        pytest.skip("an MPS daemon already runs here; this test is for a run that starts its own")
+    run = start_cli(
+        "main.py",
+        *("--workers", 2, "--gpu-ids", 0, "--mps", "on", "--max-steps", 20000, "--progress-interval", 1),
+        *("--log-dir", tmp_path / "logs", "--save-model-dir", tmp_path),
+    )
+    lines, served = [], False
+    for line in run.stdout:
+        lines.append(line)
+        if " frames/s " in line and "updates 0 " not in line:
+            served = served or mps_server_running()
+    assert run.wait(60) == 0, "".join(lines)
+    log = "".join(lines)
+    started = re.search(r"CUDA MPS: started a daemon for 3 processes on GPU 0 \(pipe and log in (\S+)\)", log)
+    assert started, log
+    assert served, "no nvidia-cuda-mps-server ran while the workers trained"
+    assert "CUDA MPS: stopped the run's daemon" in log
+    assert not os.path.exists(started.group(1)) and not mps_server_running()

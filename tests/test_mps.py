@@ -72,8 +72,8 @@ def test_a_bad_mps_value_is_one_line_and_exit_2(tmp_path):
         train(Config(mps="sometimes", log_dir=str(tmp_path), save_model_dir=str(tmp_path)))
 
 
-def test_without_the_tools_a_run_warns_once_and_keeps_its_workers_off_any_daemon(monkeypatch):
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+def test_without_the_tools_a_run_warns_once_and_keeps_its_workers_off_any_daemon(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control, even on a GPU box
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     lines = []
     with gpu_sharing("auto", {0: 3}, lambda line, warning: lines.append((line, warning))):

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# A3G on one GPU box in one call of about 7 minutes: the GPU tests, then frames/s side by side (16 CPU
+# workers; 16 A3G workers without MPS, with MPS, with MPS and 4 envs per worker), one worker's phases on
+# the GPU, and one time-to-score run to a 5-game test mean of 18 with the defaults. Prints a table and
+# keeps every log and JSON in OUT.
+#
+#   bash benchmarks/bench_gpu.sh [OUT]          # OUT defaults to logs/bench_gpu
+#   GPU=0 WORKERS=16 SECONDS_PER=15 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
+#
+# It needs the repo's requirements and a CUDA build of torch; no MPS daemon need run (the runs start
+# their own, --mps auto). Numbers go to docs/benchmarks.md with the date, commit and hardware it prints.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-logs/bench_gpu}
+GPU=${GPU:-0}
+WORKERS=${WORKERS:-16}
+SECONDS_PER=${SECONDS_PER:-15}
+SCORE_TIME=${SCORE_TIME:-180}
+PY=${PYTHON:-python}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/bench_gpu.log") 2>&1
+
+echo "== $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=index,name,driver_version,compute_mode,memory.total --format=csv || true
+
+echo "== GPU tests"
+$PY -m pytest -q tests/test_cuda.py tests/test_mps.py
+
+bench() {
+    local name=$1
+    shift
+    echo "== frames/s: $name"
+    $PY -m benchmarks.bench --variants fast --workers "$WORKERS" --warmup 5 --duration "$SECONDS_PER" --rounds 1 \
+        --json "$OUT/$name.json" "$@"
+}
+bench cpu --gpu-ids -1
+bench a3g --gpu-ids "$GPU" --mps off
+bench a3g_mps --gpu-ids "$GPU" --mps on
+bench a3g_mps_k4 --gpu-ids "$GPU" --mps on --envs-per-worker 4
+
+echo "== one A3G worker's phases (ms per agent step, the device waited for at each phase's end)"
+$PY -m benchmarks.bench --variants fast --workers 1 --gpu-ids "$GPU" --warmup 2 --duration 3 --rounds 1 \
+    --phases --phase-updates 40 --json "$OUT/phases.json"
+
+echo "== time to a 5-game test mean of 18: main.py --workers $WORKERS --gpu-ids $GPU, defaults otherwise"
+$PY -m benchmarks.bench_score --workers "$WORKERS" --gpu-ids "$GPU" --score 18 --window 5 --milestones 0 10 \
+    --max-time "$SCORE_TIME" --runs-dir "$OUT/runs" --json "$OUT/score.json"
+
+echo "== summary"
+$PY - "$OUT" <<'PYTHON'
+import json, os, sys
+
+out = sys.argv[1]
+rows = {}
+for name in ("cpu", "a3g", "a3g_mps", "a3g_mps_k4"):
+    path = os.path.join(out, f"{name}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            rows[name] = json.load(f)["summary"]["fast"]["frames_per_s"]
+base = rows.get("cpu")
+print("| workers | frames/s | x CPU |")
+print("| --- | ---: | ---: |")
+for name, fps in rows.items():
+    print(f"| {name} | {fps:,.0f} | {fps / base:.2f} |" if base else f"| {name} | {fps:,.0f} | |")
+score = os.path.join(out, "score.json")
+if os.path.exists(score):
+    with open(score) as f:
+        print(json.dumps(json.load(f)["summary"], indent=1))
+PYTHON
