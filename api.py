@@ -21,8 +21,8 @@ import torch
 
 from agent import Agent
 from checkpoint import Checkpoint, check_fits, load_checkpoint, preprocessing_warning
-from environment import make_env
-from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval
+from environment import make_env_for
+from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval, trained_skip_rate
 from launcher import (
     Supervisor,
     build_run,
@@ -162,21 +162,16 @@ class Player:
         self.agent.close()
 
 
-def load_agent(checkpoint: str, env: str | None = None, env_config: str = "config.json", seed: int = 1) -> Player:
-    """A Player for `checkpoint`, on `env` (default: the env it was trained on)."""
+def load_agent(
+    checkpoint: str, env: str | None = None, env_config: str = EvalConfig.env_config, seed: int = EvalConfig.seed
+) -> Player:
+    """A Player for `checkpoint`, on `env` (default: the env it was trained on), set up as gym_eval's games."""
     ckpt = load_checkpoint(checkpoint)
     env_id = env or ckpt.args.get("env")
     if env_id is None:
         raise UsageError(f"{checkpoint} does not record its env (a classic state_dict): pass env=")
-    skip_rate = ckpt.args.get("skip_rate", 4)
-    game = make_env(
-        env_id,
-        env_config=env_config,
-        skip_rate=skip_rate,
-        max_episode_length=100000,
-        training=False,
-        render_mode="rgb_array",
-    )
+    cfg = EvalConfig(env_id, checkpoint, env_config=env_config, seed=seed, skip_rate=trained_skip_rate(ckpt))
+    game = make_env_for(cfg, training=False, render_mode="rgb_array")
     try:
         check_fits(ckpt, checkpoint, game.action_space.n, ckpt.hidden_size, env_id)
     except UsageError:

@@ -23,6 +23,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
+from settings import Config
 from utils import UsageError
 
 gym.register_envs(ale_py)
@@ -293,9 +294,9 @@ def frames_per_step(env: gym.Env) -> float:
 def make_env(
     env_id: str,
     *,
-    env_config: str = "config.json",
-    skip_rate: int = 4,
-    max_episode_length: int = 10000,
+    env_config: str = Config.env_config,
+    skip_rate: int = Config.skip_rate,
+    max_episode_length: int = Config.max_episode_length,
     training: bool = True,
     render_mode: str | None = None,
 ) -> gym.Env:

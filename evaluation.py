@@ -22,7 +22,7 @@ from agent import Agent, play_game
 from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
-from settings import check_gpus
+from settings import Config, check_gpus
 from utils import UsageError, safe_name
 
 ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
@@ -34,7 +34,7 @@ class EvalConfig:
 
     env: str
     model_path: str
-    env_config: str = "config.json"
+    env_config: str = Config.env_config
     num_episodes: int = 100
     results: str | None = None  # JSON file to write (None: none)
     seed: int = 1
@@ -75,8 +75,12 @@ def prepare_eval(cfg: EvalConfig) -> tuple[EvalConfig, Checkpoint]:
             os.makedirs(cfg.record, exist_ok=True)
         except OSError as e:
             raise UsageError(f"--record {cfg.record} cannot be created ({e.strerror})") from None
-    skip_rate = cfg.skip_rate or ckpt.args.get("skip_rate", 4)
-    return replace(cfg, hidden_size=hidden_size, skip_rate=skip_rate), ckpt
+    return replace(cfg, hidden_size=hidden_size, skip_rate=cfg.skip_rate or trained_skip_rate(ckpt)), ckpt
+
+
+def trained_skip_rate(ckpt: Checkpoint) -> int:
+    """The frame skip a checkpoint was trained with; a classic state_dict records none: the classic's own."""
+    return ckpt.args.get("skip_rate", Config.skip_rate)
 
 
 @dataclass(frozen=True)
