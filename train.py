@@ -96,7 +96,8 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, bf16
     forward pass that chose the action instead of computing it again. Fast path: the LSTM and the
     heads act without autograd and `A3Clstm.unroll` replays them over the stored features in one
     batched pass. Textbook path: every step keeps its whole graph, as the classic tool does.
-    `bf16` runs the convolutions under bfloat16 autocast.
+    `bf16` runs the convolutions under bfloat16 autocast, the bootstraps' too, so that a value and its
+    target see the same features.
     """
     agent.detach_state()
     device = agent.device
@@ -107,9 +108,10 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, bf16
     dones = torch.empty(steps, k)
     state = agent.state
     features, values, logits = [], [], []
+    low_precision = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
     for t in range(steps):
         starts[t] = agent.starts
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        with low_precision:
             features.append(agent.encode().float())
         with nullcontext() if textbook else torch.no_grad():
             actions[t], value, step_logits = agent.act(greedy=False, features=features[t])
@@ -117,11 +119,14 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, bf16
         logits.append(step_logits)
         result = agent.step(actions[t])
         for index, frame in result.final_obs.items():
-            result.rewards[index] += gamma * agent.value_of(frame, index)
+            with low_precision:
+                result.rewards[index] += gamma * agent.value_of(frame, index)
         rewards[t] = torch.from_numpy(result.rewards)
         dones[t] = torch.from_numpy((result.terminated | result.truncated).astype("float32"))
     with torch.no_grad():
-        bootstrap, _, _ = agent.forward()
+        with low_precision:
+            last = agent.encode().float()
+        bootstrap, _, _ = agent.forward(last)
     rollout = Rollout(features, starts, actions, rewards.to(device), dones.to(device), state, bootstrap)
     if textbook:
         rollout.values, rollout.logits = torch.stack(values), torch.stack(logits)

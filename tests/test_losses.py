@@ -62,3 +62,34 @@ def test_a3c_loss_by_hand():
     assert math.isclose(float(losses.value), value, rel_tol=1e-6)
     assert math.isclose(float(losses.total), policy + 0.5 * value, rel_tol=1e-6)
     assert math.isclose(float(losses.entropy), (h0 + h1) / 2, rel_tol=1e-6)
+
+
+def test_k_envs_with_different_episode_ends_are_each_their_own_column():
+    """[T, K] with K=3 envs ending at different steps: each column equals the same computation on that env
+    alone, and the loss averages the per-env sums over K."""
+    rewards = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0], [2.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.1, -0.2], [1.0, 0.3, 0.0], [1.5, -0.4, 0.7], [0.2, 0.6, 0.1]])
+    dones = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    bootstrap = torch.tensor([3.0, -1.0, 0.5])
+    returns = n_step_returns(rewards, dones, bootstrap, G)
+    adv = gae(rewards, values, dones, bootstrap, G, TAU)
+    for k in range(3):
+        one = (rewards[:, k : k + 1], dones[:, k : k + 1], bootstrap[k : k + 1])
+        torch.testing.assert_close(returns[:, k : k + 1], n_step_returns(*one, G))
+        alone = gae(rewards[:, k : k + 1], values[:, k : k + 1], one[1], one[2], G, TAU)
+        torch.testing.assert_close(adv[:, k : k + 1], alone)
+    # env 1 ends at its last step: no bootstrap reaches its last return; env 2 ends twice
+    torch.testing.assert_close(returns[:, 1], torch.tensor([0 + G * 2 + G**2 * 0 + G**3 * 1, 2 + G * 0 + G**2, G, 1]))
+    torch.testing.assert_close(returns[:, 2], torch.tensor([-1.0, 0 + G * 1, 1.0, 0 + G * 0.5]))
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 2)
+    actions = torch.tensor([[0, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 1]])
+    total = a3c_loss(logits, values, actions, returns, adv, 0.01, 0.5)
+    per_env = [
+        a3c_loss(logits[:, k : k + 1], values[:, k : k + 1], actions[:, k : k + 1], returns[:, k : k + 1],
+                 adv[:, k : k + 1], 0.01, 0.5)
+        for k in range(3)
+    ]
+    for field in ("policy", "value", "total"):
+        expected = sum(float(getattr(loss, field)) for loss in per_env) / 3
+        assert math.isclose(float(getattr(total, field)), expected, rel_tol=1e-5)

@@ -84,12 +84,46 @@ def test_batched_replay_gives_the_textbook_gradient():
 
 def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
     cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32)
-    torch.manual_seed(0)
     model = A3Clstm(1, 2, 32)
+    torch.manual_seed(0)
     truncating = Agent(model, [make_env(cfg.env, max_episode_length=3, training=False)], CPU, seed=1)
     rollout = collect_rollout(truncating, 3, cfg.gamma, textbook=False)
     assert rollout.dones[2, 0] == 1
-    assert rollout.rewards[2, 0] not in (0.0, 1.0), "a time-limit end folds gamma * V(last frame) into the reward"
+
+    torch.manual_seed(0)  # the same game step by step: r + gamma * V(final frame, LSTM state after the step)
+    replay = Agent(model, [make_env(cfg.env, max_episode_length=3, training=False)], CPU, seed=1)
+    with torch.no_grad():
+        for _ in range(3):
+            actions, _, _ = replay.act(greedy=False, features=replay.encode())
+            result = replay.step(actions)
+        assert result.truncated[0] and not result.terminated[0]
+        value, _, _ = model(torch.as_tensor(result.final_obs[0]).unsqueeze(0), replay.state)
+    expected = float(result.rewards[0]) + cfg.gamma * float(value)
+    assert abs(float(rollout.rewards[2, 0]) - expected) < 1e-6, (float(rollout.rewards[2, 0]), expected)
+    assert abs(float(value)) > 1e-4, "a zero critic would not tell a bootstrap from none"
+
     terminating = Agent(model, [make_env(cfg.env, max_episode_length=100, training=False)], CPU, seed=1)
     rollout = collect_rollout(terminating, 20, cfg.gamma, textbook=False)
     assert rollout.dones[19, 0] == 1 and rollout.rewards[19, 0] in (0.0, 1.0)
+
+
+def test_bf16_convolutions_train_a_few_finite_updates():
+    from launcher import build_run
+    from train import Worker
+
+    cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32, bf16=True, workers=1, num_steps=5)
+    torch.manual_seed(0)
+    run = build_run(cfg, 2, None, logger=None)
+    worker = Worker(0, run)
+    dtypes = set()
+    worker.model.conv1.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype))
+    before = [p.detach().clone() for p in run.model.parameters()]
+    try:
+        for _ in range(3):
+            applied, losses = worker.update()
+            assert applied and torch.isfinite(losses.total)
+    finally:
+        worker.close()
+    assert dtypes == {torch.bfloat16}
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    assert sum(not torch.equal(p, b) for p, b in zip(run.model.parameters(), before)) >= len(before) - 1
