@@ -1,6 +1,7 @@
 """Faults, signals and bad input, driving the real main.py: kill -9 of real processes, real signals."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import torch
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from metrics import read_metrics
 from proctree import alive, descendants, find_titled
+from settings import Config
 from tests.helpers import ROOT, run_cli, start_cli, wait_for
 
 CUE = "tests.pixel_envs:Cue-v0"
@@ -189,6 +191,76 @@ def test_fresh_run_keeps_the_earlier_run_and_starts_its_own_metrics_while_load_c
     new = resumed[len(fresh) :]
     assert new and new[0]["frames"] >= trained.frames and new[0]["elapsed"] > trained.elapsed
     assert load_checkpoint(str(run_dirs["models"] / f"{name}.dat")).elapsed > trained.elapsed
+
+
+def test_workers_and_the_test_process_exit_when_the_launcher_is_killed(run_dirs):
+    proc = launch(run_dirs)
+    assert wait_for(lambda: find_titled(proc.pid, "a3c test") and has_trained(run_dirs), 60), log_of(run_dirs)
+    children = [pid for title in ("a3c train 0", "a3c train 1", "a3c test") for pid in find_titled(proc.pid, title)]
+    assert len(children) == 3
+    proc.kill()  # SIGKILL to the launcher alone: nothing of it runs to stop the others
+    proc.communicate(timeout=10)
+    assert wait_for(lambda: not any(alive(pid) for pid in children), 30), "processes outlived their launcher"
+
+
+def test_save_max_keeps_the_best_game_s_weights_the_final_state_apart_and_load_takes_the_newer(run_dirs):
+    name = "tests.pixel_envs_Cue-v0"
+    proc = launch(run_dirs, "--save-max", "--test-interval", 0)
+    metrics = run_dirs["logs"] / f"{name}_metrics.csv"
+    assert wait_for(lambda: metrics.exists() and len(read_metrics(str(metrics))) >= 4, 90), log_of(run_dirs)
+    code, out = finish(proc)
+    assert code == 0, out
+    best_path, last_path = (run_dirs["models"] / f"{name}{suffix}.dat" for suffix in ("", "_last"))
+    best, last = load_checkpoint(str(best_path)), load_checkpoint(str(last_path))
+    rows = read_metrics(str(metrics))
+    rewards = [row["reward"] for row in rows]
+    assert best.best_score == last.best_score == max(rewards)
+    saved = max(i for i, r in enumerate(rewards) if r >= max(rewards[:i], default=-math.inf))  # the last save
+    assert rows[saved]["frames"] <= best.frames, "the best file holds the last game that tied or beat the best"
+    if saved + 1 < len(rows):
+        assert best.frames <= rows[saved + 1]["frames"], "a game below the best saved over it"
+    assert last.frames >= rows[-1]["frames"] and f"saved {last_path}" in out
+
+    common = ["--env", CUE, "--workers", 1, "--load", *run_dirs["flags"]]
+    done = run_cli("main.py", *common, "--max-steps", last.frames + 500)
+    assert f"resumed from {last.frames:,} frames" in done.stdout + done.stderr  # _last is the newer
+    newest = load_checkpoint(str(last_path)).frames
+    os.utime(best_path)  # now the best file is the newer
+    done = run_cli("main.py", *common, "--max-steps", newest + 500)
+    assert f"resumed from {load_checkpoint(str(best_path)).frames:,} frames" in done.stdout + done.stderr
+
+
+def test_resuming_with_another_optimizer_keeps_the_weights_and_a_new_lr_takes_effect(tmp_path):
+    import logging
+    from dataclasses import replace
+
+    from checkpoint import save_run
+    from launcher import build_run
+    from train import Worker
+
+    cfg = Config(env=CUE, hidden_size=32, workers=1, num_steps=5, log_dir=str(tmp_path))
+    run = build_run(cfg, 2, None, logger=None)
+    worker = Worker(0, run)
+    for _ in range(3):
+        worker.update()
+    worker.close()
+    logger = logging.getLogger("test-resume")
+    assert save_run(str(tmp_path / "run.dat"), run, run.model, 1.0, logger)
+    ckpt = load_checkpoint(str(tmp_path / "run.dat"))
+    steps = [int(state["step"]) for state in ckpt.optimizer["state"].values()]
+    assert steps and set(steps) == {3}
+
+    same = build_run(replace(cfg, lr=1e-3), 2, ckpt, logger)
+    assert [group["lr"] for group in same.optimizer.param_groups] == [1e-3]
+    assert [int(s["step"]) for s in same.optimizer.state_dict()["state"].values()] == steps
+    for name, value in same.model.state_dict().items():
+        assert torch.equal(value, ckpt.model[name])
+
+    for other in (replace(cfg, optimizer="RMSprop"), replace(cfg, amsgrad=True)):
+        fresh = build_run(other, 2, ckpt, logger)
+        assert all(int(s["step"]) == 0 for s in fresh.optimizer.state_dict()["state"].values())
+        for name, value in fresh.model.state_dict().items():
+            assert torch.equal(value, ckpt.model[name])
 
 
 def bad_config(tmp_path, text):
