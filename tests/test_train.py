@@ -127,3 +127,22 @@ def test_bf16_convolutions_train_a_few_finite_updates():
     assert dtypes == {torch.bfloat16}
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
     assert sum(not torch.equal(p, b) for p, b in zip(run.model.parameters(), before)) >= len(before) - 1
+
+
+def test_a_worker_clips_to_max_grad_norm_and_lays_out_its_model_as_asked():
+    from launcher import build_run
+    from train import Worker
+
+    for channels_last in (True, False):
+        cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32, workers=1, num_steps=5, max_grad_norm=1e-3,
+                     channels_last=channels_last)
+        worker = Worker(0, build_run(cfg, 2, None, logger=None))
+        try:
+            assert worker.update()[0]
+        finally:
+            worker.close()
+        local = torch.nn.utils.get_total_norm([p.grad for p in worker.model.parameters() if p.grad is not None])
+        shared = torch.nn.utils.get_total_norm([p.grad for p in worker.run.model.parameters() if p.grad is not None])
+        assert float(local) <= 1e-3 * (1 + 1e-4) and torch.isclose(shared, local)
+        weight = worker.model.conv2.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
