@@ -17,7 +17,21 @@ def test_bench_prints_the_table_and_writes_json(tmp_path):
         assert summary["frames_per_s"] > 0 and summary["updates_per_s"] > 0
         assert summary["peak_rss_mb_per_worker"] > 50
         assert sum(data["phases_ms_per_step"][name].values()) > 0
-    assert data["ratio"] == data["summary"]["fast"]["frames_per_s"] / data["summary"]["textbook"]["frames_per_s"]
+        # an update is 20 agent steps of 4 frames on PongNoFrameskip-v4: frames and updates counted alike
+        assert abs(summary["frames_per_s"] / summary["updates_per_s"] - 80) < 1e-6
+    printed = float(result.stdout.split("fast / textbook frames/s:")[1].split("x")[0])
+    assert abs(printed - data["ratio"]) < 0.006 and data["ratio"] > 0
+
+
+def test_bench_measures_only_the_variants_asked_for(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ("--workers", 1, "--warmup", 1, "--duration", 2, "--rounds", 1, "--variants", "fast", "--mps", "on")
+    result = run_cli("-m", "benchmarks.bench", *args, "--json", out, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| fast |" in result.stdout and "textbook" not in result.stdout
+    assert "--mps on: no two processes share a GPU" in result.stdout
+    data = json.loads(out.read_text())
+    assert list(data["summary"]) == ["fast"] and data["ratio"] is None and data["mps"] == "on"
 
 
 def test_bench_rejects_a_bad_duration_in_one_line():
