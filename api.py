@@ -20,23 +20,15 @@ from dataclasses import dataclass
 import torch
 
 from agent import Agent
-from checkpoint import Checkpoint, check_fits, load_checkpoint, preprocessing_warning
+from checkpoint import Checkpoint, check_fits, final_path, load_checkpoint, preprocessing_warning
 from environment import make_env_for
 from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval, trained_skip_rate
-from launcher import (
-    Supervisor,
-    build_run,
-    keep_previous_run,
-    load_resume,
-    prepare,
-    resume_path,
-    stop_signals,
-    under_torchrun,
-)
+from launcher import build_run, keep_previous_run, load_resume, prepare, resume_path, under_torchrun
 from metrics import read_metrics, setup_logger
 from model import A3Clstm
 from mps import gpu_sharing, shared_gpus
 from settings import Config, check_values
+from supervisor import Supervisor, stop_signals
 from utils import UsageError
 
 
@@ -101,8 +93,8 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
             "host %d of %d: weights synced every %g s (%s of the hosts' changes)%s",
             *(cfg.host, cfg.hosts, cfg.sync_interval, cfg.sync_op, "" if cfg.host == 0 else "; host 0 tests and saves"),
         )
-    supervisor = Supervisor(run, logger, ckpt.best_score if ckpt else None, received, peers)
     with gpu_sharing(cfg.mps, shared_gpus(cfg.gpu_ids, cfg.workers), log_line(logger)):
+        supervisor = Supervisor(run, logger, received, peers)
         exit_code = supervisor.run()
     if peers is not None:
         peers.stop_agent_if_interrupted_elsewhere(logger)
@@ -110,7 +102,7 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     return TrainResult(
         exit_code=exit_code,
         stop_reason=supervisor.stop_reason or "",
-        checkpoint=cfg.checkpoint_path(suffix="_last" if cfg.save_max else ""),
+        checkpoint=final_path(cfg),
         frames=run.counters.frames,
         updates=run.counters.updates,
         best_score=supervisor.best_score,

@@ -17,6 +17,7 @@ import torch
 from utils import UsageError, first_line
 
 if TYPE_CHECKING:
+    from settings import Config
     from shared import RunShared
 
 CHECKPOINT_FORMAT = 1
@@ -75,6 +76,17 @@ def atomic_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def final_path(cfg: Config) -> str:
+    """Where a run's final state goes: <env>.dat, or <env>_last.dat with --save-max (<env>.dat keeps the best)."""
+    return cfg.checkpoint_path(suffix="_last" if cfg.save_max else "")
+
+
+def saves_test_game(cfg: Config, reward: float, best: float | None) -> bool:
+    """Whether the test process saves after a game: after each one, or with --save-max after one that ties or
+    beats the best score so far (as the classic tool does)."""
+    return not cfg.save_max or best is None or reward >= best
 
 
 def save_run(path: str, run: RunShared, model, best_score, logger) -> bool:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import statistics
@@ -62,6 +63,23 @@ def append_metrics(path: str, row: dict) -> None:
 def read_metrics(path: str) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def read_progress(path: str) -> list[dict]:
+    """A run's progress reports (supervisor.RunMonitor), oldest first; the last has "event": "stopped" once
+    the run has ended. A missing file is an empty list, a line cut short by a crash is skipped."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def reaches(rewards: list[float], score: float, window: int) -> bool:

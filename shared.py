@@ -100,19 +100,30 @@ class StopFlag:
 
 
 class GameResults:
-    """Test-game results passed from the test process to the launcher through a shared ring buffer.
+    """Test-game results passed from the test process to the launcher through a shared ring buffer, and the
+    run's best test score (the one place it is kept: resumed from the checkpoint, raised by each game).
 
     Lock-free for the same reason as StopFlag: the test process may be killed at any instant.
     """
 
-    def __init__(self, capacity: int = 4096):
+    def __init__(self, capacity: int = 4096, best: float | None = None):
         self.rows = torch.zeros(capacity, 2, dtype=torch.float64).share_memory_()
         self.count = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.best_score = torch.tensor([best is not None, best or 0.0], dtype=torch.float64).share_memory_()
 
     def put(self, reward: float, length: int) -> None:
         n = int(self.count[0])
         self.rows[n % len(self.rows)] = torch.tensor([reward, length], dtype=torch.float64)
+        best = self.best
+        self.best_score[1] = reward if best is None else max(best, reward)
+        self.best_score[0] = 1.0
         self.count[0] = n + 1
+
+    @property
+    def best(self) -> float | None:
+        """The best test score of the run so far (None before its first game)."""
+        has_best, best = self.best_score.tolist()
+        return best if has_best else None
 
     def since(self, seen: int) -> tuple[list[tuple[float, int]], int]:
         """Results after the first `seen` ones (at most the buffer's capacity), and the new total."""

@@ -3,32 +3,31 @@ logs, plots and checkpoints."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 
 from agent import Agent, play_game
-from checkpoint import save_run
+from checkpoint import save_run, saves_test_game
 from environment import make_env_for
 from metrics import append_metrics, plot_metrics, setup_logger, tensorboard_writer
 from shared import RunShared, SharedLink, build_model, init_process
 from utils import format_duration
 
 
-def test_process(run: RunShared, best_score: float | None):
+def test_process(run: RunShared):
     """Process entry; logs the error before dying so the launcher's restart has a reason on record."""
     init_process("a3c test", run.cfg.seed_for(run.cfg.workers))
     os.nice(5)  # the workers come first: on a machine with workers = cores the test games yield to them
     logger = setup_logger("test", run.cfg.log_path("_log"))
     try:
-        run_tests(run, best_score, logger)
+        run_tests(run, logger)
     except Exception:
         logger.exception("test process died")
         sys.exit(1)
 
 
-def run_tests(run: RunShared, best_score: float | None, logger):
+def run_tests(run: RunShared, logger):
     cfg, counters = run.cfg, run.counters
     device = cfg.device_for(0)
     env = make_env_for(cfg, training=False)
@@ -37,7 +36,6 @@ def run_tests(run: RunShared, best_score: float | None, logger):
     link = SharedLink(run.model, model, device)
     writer = tensorboard_writer(cfg)
     rewards: list[float] = []
-    best = -math.inf if best_score is None else best_score
 
     def should_stop():
         return run.stop.is_set() or os.getppid() != run.parent_pid
@@ -79,10 +77,10 @@ def run_tests(run: RunShared, best_score: float | None, logger):
             if writer is not None:
                 for name in ("reward", "length", "fps"):
                     writer.add_scalar(f"test/{name}", row[name], frames)
-            if not cfg.save_max or reward >= best:
-                save_run(cfg.checkpoint_path(), run, model, max(best, reward), logger)
-            best = max(best, reward)
+            best = run.results.best
             run.results.put(reward, length)
+            if saves_test_game(cfg, reward, best):
+                save_run(cfg.checkpoint_path(), run, model, run.results.best, logger)
             run.stop.wait(cfg.test_interval)
     finally:
         agent.close()

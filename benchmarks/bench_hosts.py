@@ -13,29 +13,25 @@ total over the cores of the machine.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from datetime import datetime
 
 from benchmarks.bench import hardware, write_json
 from cli import Parser, add_run_flags, run_command
 from local_hosts import ROOT, free_port, network_namespaces, torchrun_command, torchrun_env
-from metrics import read_metrics
+from metrics import read_metrics, read_progress
 from utils import UsageError, safe_name
 
-PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) frames ([\d,]+) \|", re.M)
 
-
-def steady_rate(log: str, seconds: float) -> float:
-    """Frames/s over the last `seconds` of a run's progress lines (global frames in a multi-host run)."""
-    points = [(datetime.fromisoformat(t).timestamp(), int(f.replace(",", ""))) for t, f in PROGRESS.findall(log)]
+def steady_rate(progress: list[dict], seconds: float) -> float:
+    """Frames/s over the last `seconds` of a run's progress reports (global frames in a multi-host run)."""
+    points = [(p["time"], p["frames"]) for p in progress if "event" not in p]
     if len(points) < 2:
-        raise RuntimeError("the run logged fewer than two progress lines")
+        raise RuntimeError("the run reported its progress fewer than two times")
     end_time, end_frames = points[-1]
     start_time, start_frames = next(p for p in points if p[0] >= end_time - seconds)
     if end_time <= start_time:
@@ -76,18 +72,16 @@ def run_hosts(args, hosts: int, namespaces, root: str) -> dict:
             process.kill()
         raise RuntimeError(f"the {hosts}-host run did not stop in time (see {run_dir})") from None
     seconds = time.time() - launch
-    with open(os.path.join(run_dir, f"{safe_name(args.env)}_log")) as f:
-        log = f.read()
+    progress = read_progress(os.path.join(run_dir, f"{safe_name(args.env)}_progress.jsonl"))
     metrics = os.path.join(run_dir, f"{safe_name(args.env)}_metrics.csv")
     rewards = [row["reward"] for row in read_metrics(metrics)] if os.path.exists(metrics) else []
-    trained = re.search(r"trained ([\d,]+) frames", log)
-    stop = re.search(r"stopping: (.*)", log)
+    stopped = progress[-1] if progress and progress[-1].get("event") == "stopped" else {}
     return {
         "hosts": hosts,
-        "frames_per_s": steady_rate(log, args.duration),
+        "frames_per_s": steady_rate(progress, args.duration),
         "seconds": seconds,
-        "frames": int(trained.group(1).replace(",", "")) if trained else None,
-        "stop_reason": stop.group(1) if stop else None,
+        "frames": stopped.get("frames"),
+        "stop_reason": stopped.get("reason"),
         "test_rewards": rewards,
         "run_dir": run_dir,
     }

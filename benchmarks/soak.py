@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ import time
 
 from checkpoint import load_checkpoint
 from cli import Parser, add_run_flags
+from metrics import read_progress
 from proctree import alive, descendants, title_of
 from utils import safe_name
 
@@ -50,13 +50,9 @@ def slope_per_hour(samples: list[tuple[float, float]]) -> float:
     return 3600 * sum((t - mean_t) * (m - mean_m) for t, m in samples) / var if var else 0.0
 
 
-def latest_frames(log_path: str) -> int | None:
-    try:
-        with open(log_path) as f:
-            found = re.findall(r"frames ([\d,]+) \|", f.read())
-    except OSError:
-        return None
-    return int(found[-1].replace(",", "")) if found else None
+def latest_frames(progress_path: str) -> int | None:
+    progress = read_progress(progress_path)
+    return progress[-1]["frames"] if progress else None
 
 
 def main() -> int:
@@ -68,7 +64,7 @@ def main() -> int:
     args = p.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="soak-")
     logs, models = os.path.join(out, "logs"), os.path.join(out, "models")
-    log_path = os.path.join(logs, f"{safe_name(args.env)}_log")
+    progress_path = os.path.join(logs, f"{safe_name(args.env)}_progress.jsonl")
     cmd = [
         sys.executable,
         "main.py",
@@ -102,7 +98,7 @@ def main() -> int:
                 seen.add(pid)
                 titles[pid] = title_of(pid) if pid != proc.pid else "a3c main"  # set by the child once it runs
                 memory.setdefault(pid, []).append((now, mb))
-        frames = latest_frames(log_path)
+        frames = latest_frames(progress_path)
         if frames is not None:
             frames_series.append((now, frames))
         if time.time() >= next_kill:

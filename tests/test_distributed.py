@@ -14,6 +14,7 @@ import pytest
 
 from checkpoint import load_checkpoint
 from local_hosts import free_port, network_namespaces, torchrun_command, torchrun_env
+from metrics import read_progress
 from proctree import alive, descendants
 from tests.helpers import ROOT, run_cli, wait_for
 from utils import UsageError
@@ -65,11 +66,18 @@ class Host:
         self.seen |= {self.agent.pid, *descendants(self.agent.pid)}
         return self.seen
 
+    def progress(self) -> list[dict]:
+        name = self.env.replace(":", "_") + (f"_host{self.index}" if self.index else "") + "_progress.jsonl"
+        return read_progress(str(self.dir / "logs" / name))
+
+    def stopped(self) -> dict:
+        """The progress file's last record, once the host's run has ended (else {})."""
+        progress = self.progress()
+        return progress[-1] if progress and progress[-1].get("event") == "stopped" else {}
+
     def syncs(self) -> dict[int, str]:
-        """Sync number -> weights fingerprint, from the progress lines and the final sync line."""
-        found = re.findall(r"sync (\d+) weights ([0-9a-f]{8})", self.log())
-        found += re.findall(r"final sync (\d+): weights ([0-9a-f]{8})", self.log())
-        return {int(n): fp for n, fp in found}
+        """Sync number -> weights fingerprint, from the progress reports (the final sync's last)."""
+        return {p["sync"]: p["weights"] for p in self.progress() if "sync" in p}
 
     def kill(self) -> None:
         """The host dies: the agent and every process below it, at once."""
@@ -111,7 +119,8 @@ def hosts(tmp_path):
 def trained(host: Host, syncs: int = 3) -> bool:
     """Whether this host's own workers have trained and the hosts synced `syncs` times."""
     host.processes()
-    return re.search(r"this host [1-9][\d,]* frames", host.log()) is not None and max(host.syncs(), default=0) >= syncs
+    progress = host.progress()
+    return bool(progress) and progress[-1]["host_frames"] > 0 and max(host.syncs(), default=0) >= syncs
 
 
 def assert_nothing_left(*hosts: Host) -> None:
@@ -126,12 +135,11 @@ def assert_synced_and_stopped(h0: Host, h1: Host) -> None:
     assert len(common) >= 3, (s0, s1)
     assert all(s0[n] == s1[n] for n in common), (s0, s1)
     assert len({s0[n] for n in common}) > 1, "the synced weights never changed"
-    final = [re.search(r"final sync (\d+): weights (\w+)", h.log()) for h in (h0, h1)]
-    assert all(final) and final[0].groups() == final[1].groups(), (h0.log()[-1500:], h1.log()[-1500:])
-    totals = [re.search(r"trained ([\d,]+) frames in .* \(this host ([\d,]+)\)", h.log()) for h in (h0, h1)]
-    assert all(totals), (h0.log()[-800:], h1.log()[-800:])
-    total, own = zip(*[[int(x.replace(",", "")) for x in m.groups()] for m in totals])
-    assert total[0] == total[1] == sum(own) and min(own) > 0, totals
+    ends = [h.stopped() for h in (h0, h1)]
+    assert all(end.get("final_sync") for end in ends), (h0.log()[-1500:], h1.log()[-1500:])
+    assert ends[0]["sync"] == ends[1]["sync"] and ends[0]["weights"] == ends[1]["weights"], ends
+    total, own = zip(*[(end["frames"], end["host_frames"]) for end in ends])
+    assert total[0] == total[1] == sum(own) and min(own) > 0, ends
     ckpt = load_checkpoint(str(h0.dir / "models" / f"{h0.env.replace(':', '_')}.dat"))
     assert ckpt.frames == total[0]
     assert not (h1.dir / "models").exists() or not any((h1.dir / "models").iterdir()), "only host 0 saves"

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from metrics import read_metrics
+from metrics import read_metrics, read_progress
 from proctree import alive, descendants, find_titled
 from settings import Config
 from tests.helpers import ROOT, run_cli, start_cli, wait_for
@@ -27,7 +26,8 @@ def log_of(run_dirs, env=CUE):
 
 
 def has_trained(run_dirs, env=CUE):
-    return re.search(r"updates [1-9]", log_of(run_dirs, env)) is not None
+    progress = read_progress(str(run_dirs["logs"] / f"{env.replace(':', '_')}_progress.jsonl"))
+    return any(p["updates"] > 0 for p in progress)
 
 
 def launch(run_dirs, *args, env=CUE):

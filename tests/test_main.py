@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from checkpoint import PREPROCESSING, load_checkpoint
+from metrics import read_progress
 from proctree import alive, descendants
 from tests.helpers import run_cli, start_cli, wait_for
 
@@ -61,6 +62,16 @@ def test_max_steps_stops_by_itself_and_load_continues_the_counters(run_dirs):
     assert after.frames >= before.frames + 3000 and after.updates > before.updates
     step = lambda c: float(next(iter(c.optimizer["state"].values()))["step"])  # noqa: E731
     assert step(after) > step(before), "optimizer statistics continue too"
+
+    progress = read_progress(str(run_dirs["logs"] / f"{PONG}_progress.jsonl"))  # both runs' reports, as data
+    ends = [i for i, p in enumerate(progress) if p.get("event") == "stopped"]
+    assert len(ends) == 2 and ends[-1] == len(progress) - 1
+    for end, saved in zip((progress[i] for i in ends), (before, after)):
+        assert end["reason"].startswith("reached --max-steps") and end["exit_code"] == 0
+        assert end["frames"] == saved.frames and end["updates"] == saved.updates
+    reports = [p for p in progress if "event" not in p]
+    assert reports and all(a["frames"] <= b["frames"] for a, b in zip(reports, reports[1:]))
+    assert all(p["frames_per_s"] >= 0 and p["updates"] >= 0 for p in reports)
 
 
 def test_resuming_a_checkpoint_of_the_earlier_preprocessing_warns_once(run_dirs):

@@ -22,6 +22,15 @@ def test_test_results_ring_buffer_keeps_order_and_drops_only_what_overflowed():
     new, seen = results.since(seen)
     assert [r for r, _ in new] == [5.0, 6.0, 7.0, 8.0] and seen == 9
     assert results.since(seen) == ([], 9)
+    assert results.best == 8.0
+
+
+def test_the_best_score_starts_from_the_resumed_one_and_only_rises():
+    assert GameResults().best is None
+    results = GameResults(best=5.0)
+    for reward in (3.0, 7.0, -2.0):
+        results.put(reward, 1)
+    assert results.best == 7.0
 
 
 def test_stop_flag_wait_returns_on_timeout_and_when_set():
