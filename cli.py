@@ -1,5 +1,6 @@
 """What every command line shares: one-line errors (exit code 2, no traceback) for a bad flag or bad input,
-the classic tool's short flag spellings, boolean flag values, and the run flags the benchmarks repeat."""
+the flags generated from settings.Config (main.py's, and the run flags the benchmarks repeat) with the
+classic tool's short spellings, and boolean flag values."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import fields
+from typing import get_args, get_origin, get_type_hints
 
-from settings import Config
+from settings import CHOICES, FLAGS, Config
 from utils import UsageError
 
 EXIT_USAGE = 2
@@ -42,13 +45,46 @@ def str2bool(text: str) -> bool:
 BOOL_FLAG = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
 
 
+# The command line's defaults where they differ from Config's (the API's): one worker per core.
+COMMAND_LINE_DEFAULTS = {"workers": os.cpu_count() or 1}
+
+
+def add_config_flags(p: argparse.ArgumentParser, names=None, helps: dict[str, str] | None = None) -> None:
+    """A flag for each of Config's fields in settings.FLAGS (or only `names`), with its type, default, choices
+    and help from settings (`helps` replaces some); booleans take a value or none, tuples several values."""
+    hints = get_type_hints(Config)
+    for spec in fields(Config):
+        if spec.name not in FLAGS or (names is not None and spec.name not in names):
+            continue
+        help_text, _short = FLAGS[spec.name]
+        default = COMMAND_LINE_DEFAULTS.get(spec.name, spec.default)
+        kind = hints[spec.name]
+        options: dict = {"help": (helps or {}).get(spec.name, help_text), "default": default}
+        if kind is bool:
+            options |= BOOL_FLAG
+        elif get_origin(kind) is tuple:
+            options |= {"type": get_args(kind)[0], "nargs": "+", "default": list(default)}
+        else:
+            options["type"] = next(t for t in (get_args(kind) or (kind,)) if t is not type(None))
+        if spec.name in CHOICES:
+            options["choices"] = CHOICES[spec.name]
+        p.add_argument("--" + spec.name.replace("_", "-"), **options)
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """The parsed flags as a Config (lists back to tuples)."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    return Config(**values)
+
+
+def classic_short() -> dict[str, str]:
+    """rl_a3c_pytorch's short spellings of main.py's flags, as Parser's `short` takes them."""
+    return {"--" + name.replace("_", "-"): short for name, (_help, short) in FLAGS.items() if short}
+
+
 def add_run_flags(p: argparse.ArgumentParser, gpus: bool = True, workers_help: str = "training processes") -> None:
-    """--env, --workers (and --gpu-ids) with main.py's defaults, for the commands that start training runs."""
-    defaults = Config()
-    p.add_argument("--env", default=defaults.env, help="gymnasium env id")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help=workers_help)
-    if gpus:
-        p.add_argument("--gpu-ids", type=int, nargs="+", default=list(defaults.gpu_ids), help="GPUs (-1: CPU)")
+    """--env, --workers (and --gpu-ids) as main.py has them, for the commands that start training runs."""
+    add_config_flags(p, ("env", "workers", "gpu_ids") if gpus else ("env", "workers"), {"workers": workers_help})
 
 
 def run_command(body: Callable[[], int]) -> int:

@@ -89,6 +89,65 @@ class Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+# Config's command line (main.py): each flag's help and the classic tool's short spelling, in field order.
+# Fields not here (host, hosts) are set from torchrun's environment, not by flags.
+FLAGS: dict[str, tuple[str, str | None]] = {
+    "env": ("gymnasium env id (ALE ids, <Game>Deterministic-v4, module:EnvId)", "-ev"),
+    "env_config": ("per-game crop settings (JSON)", "-evc"),
+    "lr": ("learning rate (the classic tool: 1e-4)", "-l"),
+    "gamma": ("discount factor for rewards", "-g"),
+    "tau": ("GAE lambda (the classic tool: 1.0)", "-t"),
+    "seed": ("random seed; worker i uses seed + i", "-s"),
+    "workers": ("training processes (the command line's default: one per core)", "-w"),
+    "num_steps": ("rollout length (agent steps per update)", "-ns"),
+    "distributed_step_size": (
+        "rollout lengths assigned round-robin to workers, e.g. 16 32 64 (overrides --num-steps)",
+        "-dss",
+    ),
+    "max_episode_length": ("agent steps before an episode is truncated", "-mel"),
+    "skip_rate": ("frames each action repeats on NoFrameskip ids", None),
+    "hidden_size": ("LSTM hidden size", "-hs"),
+    "entropy_coef": ("entropy bonus coefficient", "-ec"),
+    "value_coef": ("value loss coefficient", "-vc"),
+    "max_grad_norm": ("clip gradients to this norm (0: off)", None),
+    "optimizer": ("shared optimizer", "-o"),
+    "amsgrad": ("use the AMSGrad variant of Adam", "-a"),
+    "shared_optimizer": ("share optimizer statistics between workers", "-so"),
+    "load": ("resume from <load-model-dir>/<env>.dat (or the newer _last.dat)", "-ld"),
+    "save_max": ("save <env>.dat only on a new best test score (the final state goes to <env>_last.dat)", "-sm"),
+    "load_model_dir": ("where --load looks", "-lmd"),
+    "save_model_dir": ("where checkpoints are written", "-smd"),
+    "log_dir": ("where logs, metrics and plots are written", "-lg"),
+    "gpu_ids": ("GPUs for workers, round-robin (-1: CPU)", "-gp"),
+    "mps": (
+        "CUDA MPS for workers sharing a GPU: auto uses a running daemon or starts one for the run and goes on "
+        "without where it cannot; on makes that an error; off keeps workers off MPS",
+        None,
+    ),
+    "envs_per_worker": ("environments each worker steps with one batched forward", None),
+    "textbook": ("per-step autograd forward as the classic tool does (the baseline bench.py compares with)", None),
+    "channels_last": ("channels-last memory layout for the convolutions", None),
+    "bf16": ("bfloat16 autocast for the convolutions", None),
+    "test_interval": ("seconds the test process waits between games", None),
+    "test_stochastic": (
+        "test games sample actions from the policy instead of argmax (as gym_eval.py --stochastic)",
+        None,
+    ),
+    "progress_interval": ("seconds between progress lines", None),
+    "max_steps": ("stop after this many frames (0: no limit)", None),
+    "max_time": ("stop after this many seconds (0: no limit)", None),
+    "target_score": ("stop once the test mean reaches this score", None),
+    "target_window": ("test games averaged for --target-score", None),
+    "max_restarts": ("restarts allowed per process before the run stops", None),
+    "max_nan_updates": ("non-finite updates in a row that stop the run", None),
+    "tensorboard_logger": ("write TensorBoard scalars under <log-dir>/tensorboard", "-tl"),
+    "sync_interval": ("multi-host runs (torchrun): seconds between syncs of the hosts' shared weights", None),
+    "sync_timeout": ("multi-host runs: seconds without an answer from a host before the others stop the run", None),
+    "sync_op": ("multi-host runs: apply the mean or the sum of the hosts' weight changes at each sync", None),
+}
+CHOICES = {"optimizer": ("Adam", "RMSprop"), "mps": MPS_MODES, "sync_op": ("mean", "sum")}
+
+
 def seed_block(workers: int, envs_per_worker: int) -> int:
     """How many seeds a host's processes use: one block of envs_per_worker per worker and for the test process."""
     return (workers + 1) * envs_per_worker
@@ -135,8 +194,10 @@ def check_values(cfg: Config) -> None:
     }.items():
         if not value > 0 or not math.isfinite(value):
             raise UsageError(f"{name} must be a positive number of seconds, got {value}")
-    if cfg.mps not in MPS_MODES:
-        raise UsageError(f"--mps must be one of {', '.join(MPS_MODES)}, got {cfg.mps!r}")
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     check_gpus(cfg.gpu_ids)
 
 

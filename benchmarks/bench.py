@@ -30,10 +30,9 @@ from dataclasses import replace
 import torch
 import torch.multiprocessing as mp
 
-from cli import Parser, add_run_flags, run_command
+from cli import Parser, add_config_flags, add_run_flags, run_command
 from environment import describe_env
 from launcher import build_run
-from mps import MODES as MPS_MODES
 from mps import gpu_sharing, shared_gpus
 from settings import Config, check_gpus
 from shared import Counters
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", action="store_true", help="also time each phase of one worker's loop in-process")
     p.add_argument("--phase-updates", type=int, default=40, help="updates timed per variant with --phases")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what to measure")
-    p.add_argument("--mps", choices=MPS_MODES, default=Config.mps, help="CUDA MPS for workers sharing a GPU")
+    add_config_flags(p, ("mps",))
     p.add_argument("--json", default="logs/bench.json", help="where to write the results")
     args = p.parse_args(argv)
     return run_command(lambda: benchmark(args))

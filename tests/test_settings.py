@@ -1,4 +1,4 @@
-"""settings.py: the seed plan (pure: no GPU needed)."""
+"""settings.py: the flags generated from Config, the value checks, the seed plan (pure: no GPU needed)."""
 
 from dataclasses import replace
 
@@ -20,3 +20,26 @@ def test_every_env_of_every_process_on_every_host_has_its_own_seed(envs_per_work
         seeds += workers + [cfg.seed_for(cfg.workers)]  # the test process plays one env
     assert len(seeds) == len(set(seeds)), sorted(seeds)
     assert min(seeds) == 5
+
+
+def test_every_setting_but_the_host_s_place_is_a_flag_with_config_s_default():
+    import os
+    from dataclasses import fields
+
+    from main import parse_config
+    from settings import FLAGS
+
+    assert list(FLAGS) == [f.name for f in fields(Config) if f.name not in ("host", "hosts")]
+    assert parse_config([]) == Config(workers=os.cpu_count() or 1)
+    cfg = parse_config(["--bf16", "--shared-optimizer", "False", "--gpu-ids", "0", "1", "--target-score", "18"])
+    assert (cfg.bf16, cfg.shared_optimizer, cfg.gpu_ids, cfg.target_score) == (True, False, (0, 1), 18.0)
+
+
+def test_a_value_outside_a_setting_s_choices_is_one_line_for_the_api_too():
+    from settings import check_values
+    from utils import UsageError
+
+    for name, bad in (("optimizer", "SGD"), ("sync_op", "max"), ("mps", "sometimes")):
+        flag = "--" + name.replace("_", "-")
+        with pytest.raises(UsageError, match=f"^{flag} must be one of .*, got '{bad}'$"):
+            check_values(replace(Config(), **{name: bad}))
