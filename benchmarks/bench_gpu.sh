@@ -6,6 +6,8 @@
 #
 #   bash benchmarks/bench_gpu.sh [OUT]          # OUT defaults to logs/bench_gpu
 #   GPU=0 WORKERS=16 SECONDS_PER=15 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
+#   SCORE_CLASSIC=1 bash benchmarks/bench_gpu.sh   # also the classic --tau 1.0 --lr 1e-4, side by side
+#                                                 # (about 3 more minutes): which defaults suit 16 workers
 #
 # It needs the repo's requirements and a CUDA build of torch; no MPS daemon need run (the runs start
 # their own, --mps auto). Numbers go to docs/benchmarks.md with the date, commit and hardware it prints.
@@ -44,8 +46,10 @@ $PY -m benchmarks.bench --variants fast --workers 1 --gpu-ids "$GPU" --warmup 2 
     --phases --phase-updates 40 --json "$OUT/phases.json"
 
 echo "== time to a 5-game test mean of 18: main.py --workers $WORKERS --gpu-ids $GPU, defaults otherwise"
+variants=("")
+[ -n "${SCORE_CLASSIC:-}" ] && variants+=("--tau 1.0 --lr 1e-4")
 $PY -m benchmarks.bench_score --workers "$WORKERS" --gpu-ids "$GPU" --score 18 --window 5 --milestones 0 10 \
-    --max-time "$SCORE_TIME" --runs-dir "$OUT/runs" --json "$OUT/score.json"
+    --max-time "$SCORE_TIME" --runs-dir "$OUT/runs" --json "$OUT/score.json" --train-args "${variants[@]}"
 
 echo "== summary"
 $PY - "$OUT" <<'PYTHON'
