@@ -1,0 +1,59 @@
+"""Evaluation with fresh normalisation statistics per game against statistics carried across games.
+
+    python -m benchmarks.eval_norm trained_models/PongNoFrameskip-v4.dat --games 20
+
+gym_eval plays game i in a fresh env seeded seed + i, so the running mean/std of the frames starts anew each
+game. The classic tool's gym_eval (and api.Player) keeps one env, so the statistics run on from game to game
+(a lost game's env is reset without a seed). Both are played greedily with the same checkpoint; the script
+prints each one's mean, std, min and max, so that one semantics can be chosen on measurements.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+from api import evaluate, load_agent
+from cli import Parser, run_command
+from utils import UsageError
+
+
+def summary(rewards: list[float]) -> str:
+    spread = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
+    return f"{statistics.fmean(rewards):.2f} ± {spread:.2f} (min {min(rewards):g}, max {max(rewards):g})"
+
+
+def measure(model: str, env: str | None, games: int, seed: int, workers: int) -> dict:
+    player = load_agent(model, env, seed=seed)
+    try:
+        carried = [player.play()["reward"] for _ in range(games)]
+        env_id = player.checkpoint.args.get("env") if env is None else env
+    finally:
+        player.close()
+    fresh = evaluate(model, env_id, episodes=games, seed=seed, workers=workers)
+    return {"env": env_id, "fresh": [g["reward"] for g in fresh["games"]], "carried": carried}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="checkpoint to evaluate")
+    p.add_argument("--env", help="env id (default: the one it was trained on)")
+    p.add_argument("--games", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="processes for the fresh-per-game games")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        if args.games < 2:
+            raise UsageError("--games must be at least 2")
+        result = measure(args.model, args.env, args.games, args.seed, args.workers)
+        print(f"{result['env']}, {args.games} greedy games each, seed {args.seed}:")
+        print(f"| statistics | mean ± std |\n| --- | --- |\n| fresh per game (gym_eval) | {summary(result['fresh'])} |")
+        print(f"| carried across games (classic gym_eval, Player) | {summary(result['carried'])} |")
+        return 0
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
