@@ -10,17 +10,17 @@ prints each one's mean, std, min and max, so that one semantics can be chosen on
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 from api import evaluate, load_agent
 from cli import Parser, run_command
+from evaluation import summarize
 from utils import UsageError
 
 
 def summary(rewards: list[float]) -> str:
-    spread = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
-    return f"{statistics.fmean(rewards):.2f} ± {spread:.2f} (min {min(rewards):g}, max {max(rewards):g})"
+    s = summarize(rewards, seconds=0.0)
+    return f"{s['mean']:.2f} ± {s['std']:.2f} (min {s['min']:g}, max {s['max']:g})"
 
 
 def measure(model: str, env: str | None, games: int, seed: int, workers: int) -> dict:

@@ -16,11 +16,10 @@ import torch
 
 from benchmarks.bench import phase_times
 from cli import Parser, run_command
+from environment import describe_env
 from model import A3Clstm
 from settings import Config
 from shared import SharedLink
-
-PONG_ACTIONS = 6
 
 
 def ms_per_call(fn, calls: int) -> float:
@@ -34,7 +33,8 @@ def ms_per_call(fn, calls: int) -> float:
 def measure(calls: int, updates: int) -> dict:
     torch.set_num_threads(1)
     cfg = Config(env="PongNoFrameskip-v4")
-    shared, local = (A3Clstm(1, PONG_ACTIONS, cfg.hidden_size) for _ in range(2))
+    num_actions = describe_env(cfg.env, cfg.env_config)
+    shared, local = (A3Clstm(1, num_actions, cfg.hidden_size) for _ in range(2))
     shared.share_memory()
     for p in local.parameters():
         p.grad = torch.randn_like(p)
@@ -42,10 +42,10 @@ def measure(calls: int, updates: int) -> dict:
     norm = torch.tensor(1.0)
 
     def alias() -> None:
-        for s, p in zip(link.shared, link.local):
-            s.grad = p.grad
+        for shared_param, local_param in zip(link.shared, link.local):
+            shared_param.grad = local_param.grad
 
-    update = sum(phase_times(cfg, PONG_ACTIONS, updates).values()) * cfg.num_steps
+    update = sum(phase_times(cfg, num_actions, updates).values()) * cfg.num_steps
     return {"copy": ms_per_call(lambda: link.push(norm), calls), "alias": ms_per_call(alias, calls), "update": update}
 
 
