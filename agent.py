@@ -11,6 +11,51 @@ import torch
 from model import A3Clstm
 
 
+def encode(model: A3Clstm, frames: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The convolutional features [N, 1024] of frames [N, C, H, W], in fp32; `bf16` runs the convolutions
+    under bfloat16 autocast. Its weight-cast cache is off: each weight is cast once per call anyway, and
+    a cache would outlive a CUDA graph's capture (ActingGraph)."""
+    with torch.autocast(frames.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+        return model.features(frames).float()
+
+
+class ActingGraph:
+    """One acting step's forward (convolutions, LSTM step, heads) captured as a CUDA graph.
+
+    Eagerly, an acting step launches some forty small kernels, and the host's time to launch them,
+    not the GPU's to run them, bounds A3G's frames/s; a replay launches them all at once. The graph
+    reads fixed input buffers and the model's parameters where they lie (SharedLink.pull copies into
+    them in place), so a call copies its inputs in and clones the outputs out: it behaves as the eager
+    `forward` it captured, a pure function of (frames, starts, (hx, cx)).
+    """
+
+    def __init__(self, forward, obs: torch.Tensor, starts: torch.Tensor, state: tuple):
+        self.forward = forward
+        self.inputs = [obs.clone(), starts.clone(), state[0].clone(), state[1].clone()]
+        device = obs.device
+        side = torch.cuda.Stream(device)  # warm-up off the default stream, as CUDA graph capture asks
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(3):
+                self._run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.outputs = self._run()
+
+    def _run(self):
+        obs, starts, hx, cx = self.inputs
+        value, logits, (hx, cx) = self.forward(obs, starts, (hx, cx))
+        return value, logits, hx, cx
+
+    def __call__(self, obs: torch.Tensor, starts: torch.Tensor, state: tuple):
+        for buffer, value in zip(self.inputs, (obs, starts, *state)):
+            buffer.copy_(value)
+        self.graph.replay()
+        value, logits, hx, cx = (out.clone() for out in self.outputs)
+        return value, logits, (hx, cx)
+
+
 @dataclass
 class StepResult:
     rewards: np.ndarray  # [K] float32
@@ -29,10 +74,19 @@ class Agent:
     lengths add up over a whole game, as the classic tool reports them.
     """
 
-    def __init__(self, model: A3Clstm, envs: list[gym.Env], device: torch.device, seed: int):
+    def __init__(
+        self,
+        model: A3Clstm,
+        envs: list[gym.Env],
+        device: torch.device,
+        seed: int,
+        bf16: bool = False,
+        cuda_graph: bool = False,
+    ):
         self.model = model
         self.envs = envs
         self.device = device
+        self.bf16 = bf16
         k = len(envs)
         first = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
         self.obs = self._upload(first)
@@ -40,6 +94,7 @@ class Agent:
         self.starts = torch.ones(k, device=device)
         self.game_reward = np.zeros(k)
         self.game_length = np.zeros(k, dtype=np.int64)
+        self.graph = ActingGraph(self._forward, self.obs, self.starts, self.state) if cuda_graph else None
 
     def _upload(self, frames: np.ndarray) -> torch.Tensor:
         """A new tensor each step: the rollout's convolution graphs still hold the previous frames."""
@@ -47,16 +102,23 @@ class Agent:
 
     def encode(self) -> torch.Tensor:
         """The convolutional features [K, 1024] of the current frames."""
-        return self.model.features(self.obs)
+        return encode(self.model, self.obs, self.bf16)
+
+    def _forward(self, obs: torch.Tensor, starts: torch.Tensor, state: tuple, features: torch.Tensor | None = None):
+        """Value, logits and next LSTM state for frames `obs` (or their given features) from `state`,
+        zeroed where `starts` is 1."""
+        if features is None:
+            features = encode(self.model, obs, self.bf16)
+        keep = (1.0 - starts).unsqueeze(1)
+        hx, cx = state
+        return self.model.recur(features, (hx * keep, cx * keep))
 
     def forward(self, features: torch.Tensor | None = None):
-        """Value, logits and next LSTM state for the current frames (or their given features);
-        does not change the agent."""
-        if features is None:
-            features = self.encode()
-        keep = (1.0 - self.starts).unsqueeze(1)
-        hx, cx = self.state
-        return self.model.recur(features, (hx * keep, cx * keep))
+        """Value, logits and next LSTM state for the current frames (or their given features); does not change
+        the agent. Without autograd and given no features, a CUDA-graphed agent replays its graph."""
+        if features is None and self.graph is not None and not torch.is_grad_enabled():
+            return self.graph(self.obs, self.starts, self.state)
+        return self._forward(self.obs, self.starts, self.state, features)
 
     def act(self, greedy: bool, features: torch.Tensor | None = None):
         """Advance the LSTM on the current frames and choose actions: argmax, or sampled from the policy."""
@@ -97,7 +159,7 @@ class Agent:
         hx, cx = (s[index : index + 1] for s in self.state)
         x = torch.as_tensor(frame, device=self.device).unsqueeze(0)
         with torch.no_grad():
-            value, _, _ = self.model(x, (hx, cx))
+            value, _, _ = self.model.recur(encode(self.model, x, self.bf16), (hx, cx))
         return float(value)
 
     def detach_state(self) -> None:

@@ -45,6 +45,8 @@ class Config:
     textbook: bool = False
     channels_last: bool = True
     bf16: bool = False
+    replay_convs: bool = False
+    cuda_graph: bool = False
     test_interval: float = 5.0
     test_stochastic: bool = False
     progress_interval: float = 10.0
@@ -65,6 +67,12 @@ class Config:
         """Worker `rank`'s device: gpu_ids[rank % len] (A3G), or the CPU for -1."""
         gpu = self.gpu_ids[rank % len(self.gpu_ids)]
         return torch.device("cpu") if gpu < 0 else torch.device("cuda", gpu)
+
+    @property
+    def replays_convs(self) -> bool:
+        """Whether acting keeps no autograd graph and the update recomputes the convolutions: --replay-convs,
+        or --cuda-graph, whose captured forward cannot keep one."""
+        return self.replay_convs or self.cuda_graph
 
     def seed_for(self, slot: int) -> int:
         """The first seed of process `slot` (workers 0..workers-1, the test process: workers); its env i takes
@@ -128,6 +136,15 @@ FLAGS: dict[str, tuple[str, str | None]] = {
     "textbook": ("per-step autograd forward as the classic tool does (the baseline bench.py compares with)", None),
     "channels_last": ("channels-last memory layout for the convolutions", None),
     "bf16": ("bfloat16 autocast for the convolutions", None),
+    "replay_convs": (
+        "act without autograd and recompute the rollout's convolutions in one batched pass at the update "
+        "(fewer, larger kernels for a GPU; on a CPU a second forward)",
+        None,
+    ),
+    "cuda_graph": (
+        "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs)",
+        None,
+    ),
     "test_interval": ("seconds the test process waits between games", None),
     "test_stochastic": (
         "test games sample actions from the policy instead of argmax (as gym_eval.py --stochastic)",
@@ -199,6 +216,10 @@ def check_values(cfg: Config) -> None:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     check_gpus(cfg.gpu_ids)
+    if cfg.textbook and cfg.replays_convs:
+        raise UsageError("--textbook keeps each step's autograd graph; drop --replay-convs and --cuda-graph")
+    if cfg.cuda_graph and -1 in cfg.gpu_ids:
+        raise UsageError("--cuda-graph captures the acting forward on a GPU: pass --gpu-ids with GPU ids too")
 
 
 def check_gpus(gpu_ids) -> None:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from agent import Agent
+from agent import Agent, encode
 from environment import frames_per_step, make_env_for
 from metrics import setup_logger, tensorboard_writer
 from model import A3Clstm
@@ -78,7 +78,8 @@ def a3c_loss(logits, values, actions, returns, advantages, entropy_coef: float, 
 
 @dataclass
 class Rollout:
-    features: list[torch.Tensor]  # T tensors [K, 1024], each with its step's convolution graph
+    features: torch.Tensor | None  # [T, K, 1024] with the convolutions' graph (None: recomputed from frames)
+    frames: torch.Tensor | None  # [T, K, C, H, W] the frames acted on, kept where the features are recomputed
     starts: torch.Tensor  # [T, K] 1.0 where the LSTM state was zeroed before step t
     actions: torch.Tensor  # [T, K]
     rewards: torch.Tensor  # [T, K], truncation bootstrap folded in
@@ -89,15 +90,16 @@ class Rollout:
     logits: torch.Tensor | None = None  # [T, K, A] with graph (textbook mode)
 
 
-def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, bf16: bool = False) -> Rollout:
+def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, replay_convs: bool = False) -> Rollout:
     """Play `steps` steps in every env, sampling actions.
 
-    Each step's convolutions keep their autograd graph, so the update backpropagates through the
-    forward pass that chose the action instead of computing it again. Fast path: the LSTM and the
+    Fast path: each step's convolutions keep their autograd graph, so the update backpropagates
+    through the forward pass that chose the action instead of computing it again; the LSTM and the
     heads act without autograd and `A3Clstm.unroll` replays them over the stored features in one
-    batched pass. Textbook path: every step keeps its whole graph, as the classic tool does.
-    `bf16` runs the convolutions under bfloat16 autocast, the bootstraps' too, so that a value and its
-    target see the same features.
+    batched pass. `replay_convs`: acting keeps no graph at all (so a CUDA-graphed agent can replay
+    its graph) and the update recomputes the convolutions over the stored frames in one batched
+    pass: the same weights and frames, so the same loss, with fewer and larger kernels. Textbook
+    path: every step keeps its whole graph, as the classic tool does.
     """
     agent.detach_state()
     device = agent.device
@@ -107,35 +109,53 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, bf16
     rewards = torch.empty(steps, k)
     dones = torch.empty(steps, k)
     state = agent.state
-    features, values, logits = [], [], []
-    low_precision = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
+    frames, features, values, logits = [], [], [], []
     for t in range(steps):
         starts[t] = agent.starts
-        with low_precision:
-            features.append(agent.encode().float())
-        with nullcontext() if textbook else torch.no_grad():
-            actions[t], value, step_logits = agent.act(greedy=False, features=features[t])
-        values.append(value)
-        logits.append(step_logits)
+        if replay_convs:
+            frames.append(agent.obs)
+            with torch.no_grad():
+                actions[t], _, _ = agent.act(greedy=False)
+        else:
+            features.append(agent.encode())
+            with nullcontext() if textbook else torch.no_grad():
+                actions[t], value, step_logits = agent.act(greedy=False, features=features[t])
+            values.append(value)
+            logits.append(step_logits)
         result = agent.step(actions[t])
         for index, frame in result.final_obs.items():
-            with low_precision:
-                result.rewards[index] += gamma * agent.value_of(frame, index)
+            result.rewards[index] += gamma * agent.value_of(frame, index)
         rewards[t] = torch.from_numpy(result.rewards)
         dones[t] = torch.from_numpy((result.terminated | result.truncated).astype("float32"))
     with torch.no_grad():
-        with low_precision:
-            last = agent.encode().float()
-        bootstrap, _, _ = agent.forward(last)
-    rollout = Rollout(features, starts, actions, rewards.to(device), dones.to(device), state, bootstrap)
+        bootstrap, _, _ = agent.forward()
+    rollout = Rollout(
+        features=None if replay_convs else torch.stack(features),
+        frames=torch.stack(frames) if replay_convs else None,
+        starts=starts,
+        actions=actions,
+        rewards=rewards.to(device),
+        dones=dones.to(device),
+        state=state,
+        bootstrap=bootstrap,
+    )
     if textbook:
         rollout.values, rollout.logits = torch.stack(values), torch.stack(logits)
     return rollout
 
 
+def rollout_features(model: A3Clstm, rollout: Rollout, bf16: bool) -> torch.Tensor:
+    """The rollout's convolutional features [T, K, 1024] with their graph: stored, or recomputed in one pass."""
+    if rollout.frames is None:
+        return rollout.features
+    steps, k = rollout.frames.shape[:2]
+    return encode(model, rollout.frames.flatten(0, 1), bf16).view(steps, k, -1)
+
+
 def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config) -> Losses:
     if rollout.values is None:
-        values, logits = model.unroll(torch.stack(rollout.features), rollout.state, rollout.starts)
+        features = rollout_features(model, rollout, cfg.bf16)
+        values, logits = model.unroll(features, rollout.state, rollout.starts)
     else:
         values, logits = rollout.values, rollout.logits
     returns = n_step_returns(rollout.rewards, rollout.dones, rollout.bootstrap, cfg.gamma)
@@ -190,7 +210,9 @@ class Worker:
             cfg.optimizer, run.model.parameters(), cfg.lr, cfg.amsgrad, shared=False
         )
         self.link = SharedLink(run.model, self.model, self.device)
-        self.agent = Agent(self.model, envs, self.device, seed=cfg.seed_for(rank))
+        self.agent = Agent(
+            self.model, envs, self.device, seed=cfg.seed_for(rank), bf16=cfg.bf16, cuda_graph=cfg.cuda_graph
+        )
         self.steps = cfg.steps_for(rank)
         self.frames_per_rollout = round(self.steps * len(envs) * frames_per_step(envs[0]))
 
@@ -200,7 +222,7 @@ class Worker:
         cfg = self.cfg
         self.link.pull()
         lap(self.PHASES[0])
-        rollout = collect_rollout(self.agent, self.steps, cfg.gamma, cfg.textbook, cfg.bf16)
+        rollout = collect_rollout(self.agent, self.steps, cfg.gamma, cfg.textbook, cfg.replays_convs)
         lap(self.PHASES[1])
         losses = rollout_losses(self.model, rollout, cfg)
         lap(self.PHASES[2])

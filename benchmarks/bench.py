@@ -4,13 +4,17 @@
     python -m benchmarks.bench --gpu-ids 0 --workers 16 --envs-per-worker 4
     python -m benchmarks.bench --phases             # also: where one worker's time goes, per agent step
     python -m benchmarks.bench --gpu-ids 0 --workers 16 --variants fast --mps off   # A3G without MPS
+    python -m benchmarks.bench --gpu-ids 0 --workers 16 --variants fast replay graph  # the acting paths
 
-Both variants run the same real workers (train.py) on the same model and hyperparameters. The
+Every variant runs the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
 memory layout; the fast path keeps only the convolutions' graph while acting, replays the LSTM and
-heads over each rollout in one batched pass, and runs channels-last convolutions. Variants alternate
-for --rounds rounds, so the ratio holds on a noisy machine. Prints a table and writes JSON. Workers that
-share a GPU get the CUDA MPS that --mps asks for, as main.py's do (mps.py).
+heads over each rollout in one batched pass, and runs channels-last convolutions; `replay` is the fast
+path with --replay-convs (acting without autograd, the convolutions recomputed in one pass at the
+update) and `graph` with --cuda-graph (GPU workers only). Variants alternate for --rounds rounds, so
+their ratios hold on a noisy machine. Prints a table and writes JSON. Workers that share a GPU get the
+CUDA MPS that --mps asks for, as main.py's do (mps.py). --phases also counts the tensor operations each
+phase dispatches per agent step: on a GPU each is a kernel launch or a copy that the host pays for.
 
 Time to a score, what a user waits for, is bench_score.py's.
 """
@@ -25,10 +29,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 
 import torch
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cli import Parser, add_config_flags, add_run_flags, run_command
 from environment import describe_env
@@ -39,7 +45,7 @@ from shared import Counters
 from train import Worker, train_worker
 from utils import UsageError
 
-VARIANTS = ("textbook", "fast")
+VARIANTS = ("textbook", "fast", "replay", "graph")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -114,27 +120,91 @@ class PhaseClock:
         self.last = now
 
 
-def phase_times(cfg: Config, num_actions: int, updates: int) -> dict:
-    """The worker's own loop (train.Worker) in this process on one thread: mean ms per agent step in each phase."""
+class OpCount(TorchDispatchMode):
+    """Counts the tensor operations dispatched while active (the autograd engine's backward ones too), by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class PhaseOps:
+    """The `lap` hook of Worker.update that counts each phase's operations (views excluded: they launch nothing)."""
+
+    VIEWS = frozenset(
+        (
+            "view",
+            "_unsafe_view",
+            "select",
+            "slice",
+            "t",
+            "detach",
+            "split",
+            "unsqueeze",
+            "squeeze",
+            "expand",
+            "permute",
+            "transpose",
+            "alias",
+            "as_strided",
+            "unbind",
+            "chunk",
+            "lift_fresh",
+        )
+    )
+
+    def __init__(self):
+        self.totals = dict.fromkeys(Worker.PHASES, 0)
+        self.mode = OpCount()
+
+    def start(self) -> None:
+        self.mode = OpCount()
+        self.mode.__enter__()
+
+    def __call__(self, phase: str) -> None:
+        self.mode.__exit__(None, None, None)
+        self.totals[phase] += sum(n for name, n in self.mode.ops.items() if name not in self.VIEWS)
+        if phase != Worker.PHASES[-1]:
+            self.start()
+
+
+def phase_times(cfg: Config, num_actions: int, updates: int, count_updates: int = 3) -> dict:
+    """The worker's own loop (train.Worker) in this process on one thread, per agent step in each phase: mean ms
+    ("ms"), and operations dispatched ("ops"), counted over `count_updates` further updates (apart from the
+    timed ones: counting slows every operation down)."""
     torch.set_num_threads(1)
     worker = Worker(0, build_run(cfg, num_actions, None, logger=None))
     clock, warmup = PhaseClock(worker.device), 5
     for update in range(warmup + updates):
         clock.start(counting=update >= warmup)
         worker.update(clock)
+    ops = PhaseOps()
+    for _ in range(count_updates):
+        ops.start()
+        worker.update(ops)
     worker.close()
     steps = updates * worker.steps
-    return {name: seconds / steps * 1000 for name, seconds in clock.totals.items()}
+    return {
+        "ms": {name: seconds / steps * 1000 for name, seconds in clock.totals.items()},
+        "ops": {name: n / max(1, count_updates * worker.steps) for name, n in ops.totals.items()},
+    }
 
 
 def print_phases(variants: dict, num_actions: int, updates: int) -> dict:
     phases = {name: phase_times(cfg, num_actions, updates) for name, cfg in variants.items()}
-    names = list(next(iter(phases.values())))
-    print(f"\none worker, ms per agent step ({updates} updates after 5 of warm-up):")
-    print("| variant | " + " | ".join(names) + " | total |")
-    print("| --- |" + " ---: |" * (len(names) + 1))
-    for variant, times in phases.items():
-        print(f"| {variant} | " + " | ".join(f"{times[n]:.2f}" for n in names) + f" | {sum(times.values()):.2f} |")
+    names = list(Worker.PHASES)
+    for key, what, digits in (("ms", "ms", 2), ("ops", "operations dispatched (views excluded)", 1)):
+        print(f"\none worker, {what} per agent step ({updates} updates timed after 5 of warm-up, 3 counted):")
+        print("| variant | " + " | ".join(names) + " | total |")
+        print("| --- |" + " ---: |" * (len(names) + 1))
+        for variant, both in phases.items():
+            row = both[key]
+            cells = " | ".join(f"{row[n]:.{digits}f}" for n in names)
+            print(f"| {variant} | {cells} | {sum(row.values()):.{digits}f} |")
     return phases
 
 
@@ -160,13 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(p)
     p.add_argument("--envs-per-worker", type=int, default=1, help="for the fast path (the baseline keeps 1)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the fast path")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the fast path and its variants")
     p.add_argument("--warmup", type=float, default=15.0, help="seconds counted from every worker's first update")
     p.add_argument("--duration", type=float, default=30.0, help="seconds counted per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating baseline/fast rounds")
     p.add_argument("--phases", action="store_true", help="also time each phase of one worker's loop in-process")
     p.add_argument("--phase-updates", type=int, default=40, help="updates timed per variant with --phases")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what to measure")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["textbook", "fast"], help="what to measure")
     add_config_flags(p, ("mps",))
     p.add_argument("--json", default="logs/bench.json", help="where to write the results")
     args = p.parse_args(argv)
@@ -181,11 +251,16 @@ def benchmark(args) -> int:
     num_actions = describe_env(args.env, "config.json")
     log_dir = tempfile.mkdtemp(prefix="bench-logs-")  # worker error logs stay out of the user's training log
     common = Config(env=args.env, workers=args.workers, gpu_ids=tuple(args.gpu_ids), log_dir=log_dir)
+    if "graph" in args.variants and -1 in common.gpu_ids:
+        raise UsageError("the graph variant (--cuda-graph) needs GPU workers: pass --gpu-ids with GPU ids")
+    fast = replace(common, envs_per_worker=args.envs_per_worker, bf16=args.bf16)
     variants = {
         "textbook": replace(common, textbook=True, channels_last=False),
-        "fast": replace(common, envs_per_worker=args.envs_per_worker, bf16=args.bf16),
+        "fast": fast,
+        "replay": replace(fast, replay_convs=True),
+        "graph": replace(fast, cuda_graph=True),
     }
-    variants = {name: cfg for name, cfg in variants.items() if name in args.variants}
+    variants = {name: variants[name] for name in VARIANTS if name in args.variants}
     print(f"{args.env}, {args.workers} workers, devices {args.gpu_ids}: {hardware()}", flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     sharing = gpu_sharing(args.mps, shared_gpus(common.gpu_ids, common.workers), lambda line, _: print(line))
@@ -209,13 +284,15 @@ def benchmark(args) -> int:
             "updates_per_s": statistics.fmean(r["updates_per_s"] for r in results),
             "peak_rss_mb_per_worker": max(max(r["peak_rss_mb_per_worker"]) for r in results),
         }
-    ratio = summary["fast"]["frames_per_s"] / summary["textbook"]["frames_per_s"] if len(summary) == 2 else None
-    print("\n| variant | frames/s | frames/s per worker | updates/s | peak RSS per worker (MB) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    both = "fast" in summary and "textbook" in summary
+    ratio = summary["fast"]["frames_per_s"] / summary["textbook"]["frames_per_s"] if both else None
+    first = next(iter(summary))
+    print(f"\n| variant | frames/s | frames/s per worker | updates/s | peak RSS per worker (MB) | x {first} |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, s in summary.items():
         print(
             f"| {name} | {s['frames_per_s']:.0f} | {s['frames_per_s_per_worker']:.0f} | {s['updates_per_s']:.1f} "
-            f"| {s['peak_rss_mb_per_worker']:.0f} |"
+            f"| {s['peak_rss_mb_per_worker']:.0f} | {s['frames_per_s'] / summary[first]['frames_per_s']:.2f} |"
         )
     if ratio is not None:
         print(f"\nfast / textbook frames/s: {ratio:.2f}x")
@@ -235,7 +312,7 @@ def benchmark(args) -> int:
             "rounds": runs,
             "summary": summary,
             "ratio": ratio,
-            "phases_ms_per_step": phases,
+            "phases_per_step": phases,
         },
     )
     return 0

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# A3G on one GPU box in one call of about 7 minutes: the GPU tests, then frames/s side by side (16 CPU
-# workers; 16 A3G workers without MPS, with MPS, with MPS and 4 envs per worker), one worker's phases on
-# the GPU, and one time-to-score run to a 5-game test mean of 18 with the defaults. Prints a table and
-# keeps every log and JSON in OUT.
+# A3G on one GPU box, in about 8 minutes: the GPU tests; frames/s side by side (16 CPU workers; 16 A3G
+# workers without MPS; with MPS on the fast path, with --replay-convs and with --cuda-graph; with MPS and 4
+# envs per worker); one worker's phases (ms and operations per agent step) on each acting path; and one
+# time-to-score run to a 5-game test mean of 18 with the defaults. Prints a table and keeps every log and
+# JSON in OUT. PARTS picks what runs, so that a part can be rerun alone (each about 2-3 minutes).
 #
 #   bash benchmarks/bench_gpu.sh [OUT]          # OUT defaults to logs/bench_gpu
-#   GPU=0 WORKERS=16 SECONDS_PER=15 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
+#   GPU=0 WORKERS=16 SECONDS_PER=10 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
+#   PARTS="speed phases" bash benchmarks/bench_gpu.sh   # of: tests speed phases score
+#   SCORE_ARGS="--cuda-graph" bash benchmarks/bench_gpu.sh   # the score run with further main.py flags
 #   SCORE_CLASSIC=1 bash benchmarks/bench_gpu.sh   # also the classic --tau 1.0 --lr 1e-4, side by side
 #                                                 # (about 3 more minutes): which defaults suit 16 workers
 #
@@ -16,40 +19,53 @@ cd "$(dirname "$0")/.."
 OUT=${1:-logs/bench_gpu}
 GPU=${GPU:-0}
 WORKERS=${WORKERS:-16}
-SECONDS_PER=${SECONDS_PER:-15}
+SECONDS_PER=${SECONDS_PER:-10}
 SCORE_TIME=${SCORE_TIME:-180}
+SCORE_ARGS=${SCORE_ARGS:-}
+PARTS=${PARTS:-tests speed phases score}
 PY=${PYTHON:-python}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/bench_gpu.log") 2>&1
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+GRAPH=graph
+[ "$GPU" = -1 ] && GRAPH=  # GPU=-1 checks the script's flow on a CPU, where no CUDA graph can be captured
 
-echo "== $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "== $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), parts: $PARTS"
 nvidia-smi --query-gpu=index,name,driver_version,compute_mode,memory.total --format=csv || true
 
-echo "== GPU tests"
-$PY -m pytest -q tests/test_cuda.py tests/test_mps.py
+if part tests; then
+    echo "== GPU tests"
+    $PY -m pytest -q tests/test_cuda.py tests/test_mps.py
+fi
 
 bench() {
     local name=$1
     shift
     echo "== frames/s: $name"
-    $PY -m benchmarks.bench --variants fast --workers "$WORKERS" --warmup 5 --duration "$SECONDS_PER" --rounds 1 \
+    $PY -m benchmarks.bench --workers "$WORKERS" --warmup 5 --duration "$SECONDS_PER" --rounds 1 \
         --json "$OUT/$name.json" "$@"
 }
-bench cpu --gpu-ids -1
-bench a3g --gpu-ids "$GPU" --mps off
-bench a3g_mps --gpu-ids "$GPU" --mps on
-bench a3g_mps_k4 --gpu-ids "$GPU" --mps on --envs-per-worker 4
+if part speed; then
+    bench cpu --gpu-ids -1 --variants fast
+    bench a3g --gpu-ids "$GPU" --mps off --variants fast
+    bench a3g_mps --gpu-ids "$GPU" --mps on --variants fast replay $GRAPH
+    bench a3g_mps_k4 --gpu-ids "$GPU" --mps on --envs-per-worker 4 --variants fast $GRAPH
+fi
 
-echo "== one A3G worker's phases (ms per agent step, the device waited for at each phase's end)"
-$PY -m benchmarks.bench --variants fast --workers 1 --gpu-ids "$GPU" --warmup 2 --duration 3 --rounds 1 \
-    --phases --phase-updates 40 --json "$OUT/phases.json"
+if part phases; then
+    echo "== one A3G worker's phases per agent step (ms, the device waited for at each phase's end; operations)"
+    $PY -m benchmarks.bench --variants fast replay $GRAPH --workers 1 --gpu-ids "$GPU" --warmup 2 --duration 3 \
+        --rounds 1 --phases --phase-updates 40 --json "$OUT/phases.json"
+fi
 
-echo "== time to a 5-game test mean of 18: main.py --workers $WORKERS --gpu-ids $GPU, defaults otherwise"
-variants=("")
-[ -n "${SCORE_CLASSIC:-}" ] && variants+=("--tau 1.0 --lr 1e-4")
-$PY -m benchmarks.bench_score --workers "$WORKERS" --gpu-ids "$GPU" --score 18 --window 5 --milestones 0 10 \
-    --max-time "$SCORE_TIME" --runs-dir "$OUT/runs" --json "$OUT/score.json" --train-args "${variants[@]}"
+if part score; then
+    echo "== time to a 5-game test mean of 18: main.py --workers $WORKERS --gpu-ids $GPU $SCORE_ARGS"
+    variants=(" $SCORE_ARGS")  # the leading space: argparse takes a lone "--flag" for an option of its own
+    [ -n "${SCORE_CLASSIC:-}" ] && variants+=(" $SCORE_ARGS --tau 1.0 --lr 1e-4")
+    $PY -m benchmarks.bench_score --workers "$WORKERS" --gpu-ids "$GPU" --score 18 --window 5 --milestones 0 10 \
+        --max-time "$SCORE_TIME" --runs-dir "$OUT/runs" --json "$OUT/score.json" --train-args "${variants[@]}"
+fi
 
 echo "== summary"
 $PY - "$OUT" <<'PYTHON'
@@ -61,9 +77,10 @@ for name in ("cpu", "a3g", "a3g_mps", "a3g_mps_k4"):
     path = os.path.join(out, f"{name}.json")
     if os.path.exists(path):
         with open(path) as f:
-            rows[name] = json.load(f)["summary"]["fast"]["frames_per_s"]
-base = rows.get("cpu")
-print("| workers | frames/s | x CPU |")
+            for variant, summary in json.load(f)["summary"].items():
+                rows[f"{name} {variant}"] = summary["frames_per_s"]
+base = rows.get("cpu fast")
+print("| workers, acting path | frames/s | x CPU |")
 print("| --- | ---: | ---: |")
 for name, fps in rows.items():
     print(f"| {name} | {fps:,.0f} | {fps / base:.2f} |" if base else f"| {name} | {fps:,.0f} | |")

@@ -45,7 +45,7 @@ def measure(calls: int, updates: int) -> dict:
         for shared_param, local_param in zip(link.shared, link.local):
             shared_param.grad = local_param.grad
 
-    update = sum(phase_times(cfg, num_actions, updates).values()) * cfg.num_steps
+    update = sum(phase_times(cfg, num_actions, updates, count_updates=0)["ms"].values()) * cfg.num_steps
     return {"copy": ms_per_call(lambda: link.push(norm), calls), "alias": ms_per_call(alias, calls), "update": update}
 
 

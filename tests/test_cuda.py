@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import mps
+from agent import Agent
 from checkpoint import load_checkpoint
+from environment import make_env
 from model import A3Clstm
 from shared import SharedLink
 from tests.helpers import run_cli, start_cli
@@ -53,7 +55,32 @@ def test_an_update_from_a_gpu_waits_for_the_device_once_and_never_implicitly():
             torch.cuda.set_sync_debug_mode("default")
 
 
-def test_a3g_training_run(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_cuda_graphed_agent_acts_as_the_eager_forward_and_reads_the_weights_pulled_into_it(bf16):
+    gpu = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    model = A3Clstm(1, 2, 32).to(gpu).to(memory_format=torch.channels_last)
+    envs = [make_env("tests.pixel_envs:Cue-v0", max_episode_length=7) for _ in range(2)]
+    agent = Agent(model, envs, gpu, seed=3, bf16=bf16, cuda_graph=True)
+    starts = 0
+    with torch.no_grad():
+        for step in range(20):
+            if step == 10:  # as SharedLink.pull: new weights copied into the captured parameters
+                for p in model.parameters():
+                    p.mul_(1.5)
+            graphed = agent.forward()
+            eager = agent._forward(agent.obs, agent.starts, agent.state)
+            for a, b in zip((graphed[0], graphed[1], *graphed[2]), (eager[0], eager[1], *eager[2])):
+                torch.testing.assert_close(a, b)
+            starts += int(agent.starts.sum())
+            actions, _, _ = agent.act(greedy=False)
+            agent.step(actions)
+    assert starts > 2, "the episode starts' zeroing went untested"
+    agent.close()
+
+
+@pytest.mark.parametrize("extra", [[], ["--cuda-graph"]])
+def test_a3g_training_run(tmp_path, extra):
     result = run_cli(
         "main.py",
         "--env",
@@ -70,6 +97,7 @@ def test_a3g_training_run(tmp_path):
         tmp_path / "logs",
         "--save-model-dir",
         tmp_path,
+        *extra,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -86,8 +86,15 @@ def test_k_envs_with_different_episode_ends_are_each_their_own_column():
     actions = torch.tensor([[0, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 1]])
     total = a3c_loss(logits, values, actions, returns, adv, 0.01, 0.5)
     per_env = [
-        a3c_loss(logits[:, k : k + 1], values[:, k : k + 1], actions[:, k : k + 1], returns[:, k : k + 1],
-                 adv[:, k : k + 1], 0.01, 0.5)
+        a3c_loss(
+            logits[:, k : k + 1],
+            values[:, k : k + 1],
+            actions[:, k : k + 1],
+            returns[:, k : k + 1],
+            adv[:, k : k + 1],
+            0.01,
+            0.5,
+        )
         for k in range(3)
     ]
     for field in ("policy", "value", "total"):

@@ -43,3 +43,17 @@ def test_a_value_outside_a_setting_s_choices_is_one_line_for_the_api_too():
         flag = "--" + name.replace("_", "-")
         with pytest.raises(UsageError, match=f"^{flag} must be one of .*, got '{bad}'$"):
             check_values(replace(Config(), **{name: bad}))
+
+
+def test_acting_without_autograd_is_checked_against_the_textbook_path_and_the_cpu():
+    from main import parse_config
+    from settings import check_values
+    from utils import UsageError
+
+    assert not Config().replays_convs
+    assert parse_config(["--replay-convs"]).replays_convs and Config(cuda_graph=True).replays_convs
+    check_values(Config(replay_convs=True))
+    with pytest.raises(UsageError, match="^--textbook keeps each step's autograd graph; drop --replay-convs"):
+        check_values(Config(textbook=True, replay_convs=True))
+    with pytest.raises(UsageError, match="^--cuda-graph captures the acting forward on a GPU: pass --gpu-ids"):
+        check_values(Config(cuda_graph=True))

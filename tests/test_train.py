@@ -1,5 +1,6 @@
 """The worker's update: gradient hand-off on every update, fast path == textbook path, non-finite drops."""
 
+import pytest
 import torch
 
 from agent import Agent
@@ -82,6 +83,31 @@ def test_batched_replay_gives_the_textbook_gradient():
         torch.testing.assert_close(a.grad, b, atol=1e-4, rtol=1e-3)
 
 
+def test_recomputed_convolutions_give_the_same_rollout_loss_and_gradient():
+    """--replay-convs acts without autograd and recomputes the convolutions in one pass at the update: with the
+    same seeds it plays the same actions, and its loss and gradient equal the fast path's."""
+    cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32)
+    torch.manual_seed(0)
+    model = A3Clstm(1, 2, 32)
+    results = {}
+    for replay_convs in (False, True):
+        agent = Agent(model, [make_env(cfg.env, max_episode_length=15) for _ in range(2)], CPU, seed=5)
+        torch.manual_seed(1)
+        collect_rollout(agent, 6, cfg.gamma, textbook=False, replay_convs=replay_convs)
+        rollout = collect_rollout(agent, 25, cfg.gamma, textbook=False, replay_convs=replay_convs)
+        assert (rollout.frames is None) != replay_convs and (rollout.features is None) == replay_convs
+        losses = rollout_losses(model, rollout, cfg)
+        model.zero_grad()
+        losses.total.backward()
+        results[replay_convs] = rollout, losses.total, [p.grad.clone() for p in model.parameters()]
+    (fast, fast_loss, fast_grads), (replay, replay_loss, replay_grads) = results[False], results[True]
+    assert replay.dones.sum() >= 2 and torch.equal(replay.actions, fast.actions)
+    assert torch.equal(replay.starts, fast.starts) and torch.equal(replay.rewards, fast.rewards)
+    torch.testing.assert_close(replay_loss, fast_loss, atol=1e-4, rtol=1e-5)
+    for a, b in zip(replay_grads, fast_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
 def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
     cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32)
     model = A3Clstm(1, 2, 32)
@@ -107,16 +133,20 @@ def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
     assert rollout.dones[19, 0] == 1 and rollout.rewards[19, 0] in (0.0, 1.0)
 
 
-def test_bf16_convolutions_train_a_few_finite_updates():
+@pytest.mark.parametrize("replay_convs", [False, True])
+def test_bf16_convolutions_train_a_few_finite_updates(replay_convs):
     from launcher import build_run
     from train import Worker
 
-    cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32, bf16=True, workers=1, num_steps=5)
+    cfg = Config(
+        env="tests.pixel_envs:Cue-v0", hidden_size=32, bf16=True, workers=1, num_steps=5, replay_convs=replay_convs
+    )
     torch.manual_seed(0)
     run = build_run(cfg, 2, None, logger=None)
     worker = Worker(0, run)
-    dtypes = set()
-    worker.model.conv1.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype))
+    conv_dtypes, lstm_dtypes = set(), set()
+    worker.model.conv1.register_forward_hook(lambda module, args, out: conv_dtypes.add(out.dtype))
+    worker.model.lstm.register_forward_hook(lambda module, args, out: lstm_dtypes.add(out[0].dtype))
     before = [p.detach().clone() for p in run.model.parameters()]
     try:
         for _ in range(3):
@@ -124,7 +154,7 @@ def test_bf16_convolutions_train_a_few_finite_updates():
             assert applied and torch.isfinite(losses.total)
     finally:
         worker.close()
-    assert dtypes == {torch.bfloat16}
+    assert conv_dtypes == {torch.bfloat16} and lstm_dtypes == {torch.float32}
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
     assert sum(not torch.equal(p, b) for p, b in zip(run.model.parameters(), before)) >= len(before) - 1
 
@@ -134,8 +164,14 @@ def test_a_worker_clips_to_max_grad_norm_and_lays_out_its_model_as_asked():
     from train import Worker
 
     for channels_last in (True, False):
-        cfg = Config(env="tests.pixel_envs:Cue-v0", hidden_size=32, workers=1, num_steps=5, max_grad_norm=1e-3,
-                     channels_last=channels_last)
+        cfg = Config(
+            env="tests.pixel_envs:Cue-v0",
+            hidden_size=32,
+            workers=1,
+            num_steps=5,
+            max_grad_norm=1e-3,
+            channels_last=channels_last,
+        )
         worker = Worker(0, build_run(cfg, 2, None, logger=None))
         try:
             assert worker.update()[0]
