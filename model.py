@@ -83,25 +83,29 @@ class LSTMSequence(torch.autograd.Function):
 
     Autograd through a Python loop of LSTMCells computes the weight gradient as T rank-K products and
     adds them one by one; this backward collects the gate gradients of all steps and computes it with
-    one matrix product, as cuDNN does. Inputs: projected [T, K, 4H] (x W_ih^T + b_ih + b_hh), h0, c0
-    [K, H], keep [T, K, 1], weight_hh [4H, H]. Output: hidden states [T, K, H].
+    one matrix product, as cuDNN does. What does not depend on the recurrence (the gates' derivatives)
+    is computed for all steps at once, so that each step launches a handful of operations: on a GPU the
+    host pays for every launch. Inputs: projected [T, K, 4H] (x W_ih^T + b_ih + b_hh), h0, c0 [K, H],
+    keep [T, K, 1], weight_hh [4H, H]. Output: hidden states [T, K, H].
     """
 
     @staticmethod
     def forward(ctx, projected, h0, c0, keep, weight_hh):
+        g_slot = slice(2 * h0.shape[1], 3 * h0.shape[1])
         h, c = h0, c0
         h_in, c_in, gates_all, tanh_c, hidden = [], [], [], [], []
         for t in range(projected.shape[0]):
             h, c = h * keep[t], c * keep[t]
             gates = torch.addmm(projected[t], h, weight_hh.t())
-            i, f, g, o = gates.chunk(4, 1)
-            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            activated = gates.sigmoid()  # i, f and o; the g slot is overwritten with its tanh
+            torch.tanh(gates[:, g_slot], out=activated[:, g_slot])
+            i, f, g, o = activated.chunk(4, 1)
             h_in.append(h)
             c_in.append(c)
-            c = f * c + i * g
+            c = torch.addcmul(f * c, i, g)
             tc = c.tanh()
             h = o * tc
-            gates_all.append(torch.cat((i, f, g, o), 1))
+            gates_all.append(activated)
             tanh_c.append(tc)
             hidden.append(h)
         ctx.save_for_backward(
@@ -112,19 +116,19 @@ class LSTMSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_hidden):
         h_in, c_in, gates, tanh_c, keep, weight_hh = ctx.saved_tensors
+        i, f, g, o = gates.chunk(4, 2)
+        # d(pre-activation of each gate) / d(c) for i, f, g and / d(h) for o, at every step
+        slopes = torch.cat((g * i * (1 - i), c_in * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)), 2)
+        dc_per_dh = o * (1 - tanh_c * tanh_c)
+        f_keep = f * keep
         dh_next = torch.zeros_like(h_in[0])
         dc_next = torch.zeros_like(c_in[0])
         dgates = torch.empty_like(gates)
         for t in reversed(range(gates.shape[0])):
-            i, f, g, o = gates[t].chunk(4, 1)
             dh = grad_hidden[t] + dh_next
-            dc = dc_next + dh * o * (1 - tanh_c[t] * tanh_c[t])
-            torch.cat(
-                (dc * g * i * (1 - i), dc * c_in[t] * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c[t] * o * (1 - o)),
-                1,
-                out=dgates[t],
-            )
+            dc = torch.addcmul(dc_next, dh, dc_per_dh[t])
+            torch.mul(torch.cat((dc, dc, dc, dh), 1), slopes[t], out=dgates[t])
             dh_next = (dgates[t] @ weight_hh) * keep[t]
-            dc_next = dc * f * keep[t]
+            dc_next = dc * f_keep[t]
         grad_weight_hh = dgates.flatten(0, 1).t() @ h_in.flatten(0, 1)
         return dgates, dh_next, dc_next, None, grad_weight_hh

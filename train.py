@@ -28,27 +28,29 @@ EXIT_NAN = 3
 
 
 def n_step_returns(rewards, dones, bootstrap, gamma: float):
-    """Discounted returns [T, K]: R_t = r_t + gamma * R_{t+1}, cut where an episode ended at step t."""
-    returns = torch.empty_like(rewards)
-    running = bootstrap
+    """Discounted returns [T, K]: R_t = r_t + gamma * R_{t+1}, cut where an episode ended at step t.
+    Everything but the recurrence itself is computed for all steps at once: on a GPU each operation is
+    a launch the host pays for."""
+    discounts = gamma * (1.0 - dones)
+    running, returns = bootstrap, []
     for t in reversed(range(rewards.shape[0])):
-        running = rewards[t] + gamma * running * (1.0 - dones[t])
-        returns[t] = running
-    return returns
+        running = torch.addcmul(rewards[t], discounts[t], running)
+        returns.append(running)
+    return torch.stack(returns[::-1])
 
 
 def gae(rewards, values, dones, bootstrap, gamma: float, tau: float):
-    """Generalised advantage estimates [T, K] with lambda = tau; no bootstrap past an episode end."""
-    advantages = torch.empty_like(rewards)
-    running = torch.zeros_like(bootstrap)
-    next_value = bootstrap
+    """Generalised advantage estimates [T, K] with lambda = tau; no bootstrap past an episode end:
+    A_t = delta_t + gamma * tau * A_{t+1}, delta_t = r_t + gamma * V_{t+1} - V_t, both cut at an end."""
+    nonterminal = 1.0 - dones
+    next_values = torch.cat((values[1:], bootstrap.unsqueeze(0)))
+    deltas = rewards + gamma * next_values * nonterminal - values
+    decays = (gamma * tau) * nonterminal
+    running, advantages = torch.zeros_like(bootstrap), []
     for t in reversed(range(rewards.shape[0])):
-        nonterminal = 1.0 - dones[t]
-        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
-        running = delta + gamma * tau * nonterminal * running
-        advantages[t] = running
-        next_value = values[t]
-    return advantages
+        running = torch.addcmul(deltas[t], decays[t], running)
+        advantages.append(running)
+    return torch.stack(advantages[::-1])
 
 
 class Losses(NamedTuple):
