@@ -33,15 +33,17 @@ class ActingGraph:
         self.forward = forward
         self.inputs = [obs.clone(), starts.clone(), state[0].clone(), state[1].clone()]
         device = obs.device
-        side = torch.cuda.Stream(device)  # warm-up off the default stream, as CUDA graph capture asks
+        # Warm-up and capture on one side stream: lazily created per-stream handles and workspaces (cuBLAS,
+        # cuDNN) then exist before the capture, which may not create them.
+        side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.no_grad(), torch.cuda.stream(side):
             for _ in range(3):
                 self._run()
-        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
+        with torch.no_grad(), torch.cuda.graph(self.graph, stream=side):
             self.outputs = self._run()
+        torch.cuda.current_stream(device).wait_stream(side)
 
     def _run(self):
         obs, starts, hx, cx = self.inputs
