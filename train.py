@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -105,39 +106,36 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, repl
     """
     agent.detach_state()
     device = agent.device
-    k = len(agent.envs)
-    starts = torch.empty(steps, k, device=device)
-    actions = torch.empty(steps, k, dtype=torch.long, device=device)
-    rewards = torch.empty(steps, k)
-    dones = torch.empty(steps, k)
     state = agent.state
+    starts, actions, rewards, dones = [], [], [], []  # stacked once at the end: one copy each, not one per step
     frames, features, values, logits = [], [], [], []
     for t in range(steps):
-        starts[t] = agent.starts
+        starts.append(agent.starts)
         if replay_convs:
             frames.append(agent.obs)
             with torch.no_grad():
-                actions[t], _, _ = agent.act(greedy=False)
+                action, _, _ = agent.act(greedy=False)
         else:
             features.append(agent.encode())
             with nullcontext() if textbook else torch.no_grad():
-                actions[t], value, step_logits = agent.act(greedy=False, features=features[t])
+                action, value, step_logits = agent.act(greedy=False, features=features[t])
             values.append(value)
             logits.append(step_logits)
-        result = agent.step(actions[t])
+        actions.append(action)
+        result = agent.step(action)
         for index, frame in result.final_obs.items():
             result.rewards[index] += gamma * agent.value_of(frame, index)
-        rewards[t] = torch.from_numpy(result.rewards)
-        dones[t] = torch.from_numpy((result.terminated | result.truncated).astype("float32"))
+        rewards.append(result.rewards)
+        dones.append(result.terminated | result.truncated)
     with torch.no_grad():
         bootstrap, _, _ = agent.forward()
     rollout = Rollout(
         features=None if replay_convs else torch.stack(features),
         frames=torch.stack(frames) if replay_convs else None,
-        starts=starts,
-        actions=actions,
-        rewards=rewards.to(device),
-        dones=dones.to(device),
+        starts=torch.stack(starts),
+        actions=torch.stack(actions),
+        rewards=torch.from_numpy(np.stack(rewards)).to(device),
+        dones=torch.from_numpy(np.stack(dones).astype(np.float32)).to(device),
         state=state,
         bootstrap=bootstrap,
     )
