@@ -17,8 +17,11 @@ def test_bench_prints_the_table_and_writes_json(tmp_path):
         assert summary["frames_per_s"] > 0 and summary["updates_per_s"] > 0
         assert summary["peak_rss_mb_per_worker"] > 50
         assert sum(data["phases_per_step"][name]["ms"].values()) > 0
+        assert data["phases_per_step"][name]["ops"]["pull weights"] == 16 / 20  # a copy per parameter per update
         # an update is 20 agent steps of 4 frames on PongNoFrameskip-v4: frames and updates counted alike
         assert abs(summary["frames_per_s"] / summary["updates_per_s"] - 80) < 1e-6
+    backward = {name: data["phases_per_step"][name]["ops"]["backward + optimizer"] for name in ("textbook", "fast")}
+    assert backward["fast"] < 0.7 * backward["textbook"], backward  # one batched LSTM backward, not 20 cells'
     printed = float(result.stdout.split("fast / textbook frames/s:")[1].split("x")[0])
     assert abs(printed - data["ratio"]) < 0.006 and data["ratio"] > 0
 
