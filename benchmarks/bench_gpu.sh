@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# A3G on one GPU box, in about 8 minutes: the GPU tests; frames/s side by side (16 CPU workers; 16 A3G
-# workers without MPS; with MPS on the fast path, with --replay-convs and with --cuda-graph; with MPS and 4
-# envs per worker); one worker's phases (ms and operations per agent step) on each acting path; and one
-# time-to-score run to a 5-game test mean of 18 with the defaults. Prints a table and keeps every log and
-# JSON in OUT. PARTS picks what runs, so that a part can be rerun alone (each about 2-3 minutes).
+# A3G on one GPU box: the GPU tests; frames/s side by side (16 CPU workers; 16 A3G workers without MPS; with
+# MPS on the fast path, with --replay-convs and with --cuda-graph; with MPS and 4 envs per worker); one
+# worker's phases (ms and operations per agent step) on each acting path; and one time-to-score run to a
+# 5-game test mean of 18 with the defaults. Prints a table and keeps every log and JSON in OUT. PARTS picks
+# what runs: all four take about 10 minutes, more than one device call allows, so run them in two calls,
+# PARTS="tests speed" (about 6 minutes) and then PARTS="phases score" (about 4), each rerunnable alone.
 #
 #   bash benchmarks/bench_gpu.sh [OUT]          # OUT defaults to logs/bench_gpu
 #   GPU=0 WORKERS=16 SECONDS_PER=10 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
