@@ -40,7 +40,7 @@ from cli import Parser, add_config_flags, add_run_flags, run_command
 from environment import describe_env
 from launcher import build_run
 from mps import gpu_sharing, shared_gpus
-from settings import Config, check_gpus
+from settings import Config, check_values
 from shared import Counters
 from train import Worker, train_worker
 from utils import UsageError
@@ -194,11 +194,11 @@ def phase_times(cfg: Config, num_actions: int, updates: int, count_updates: int 
     }
 
 
-def print_phases(variants: dict, num_actions: int, updates: int) -> dict:
-    phases = {name: phase_times(cfg, num_actions, updates) for name, cfg in variants.items()}
+def print_phases(variants: dict, num_actions: int, updates: int, counted: int = 3) -> dict:
+    phases = {name: phase_times(cfg, num_actions, updates, counted) for name, cfg in variants.items()}
     names = list(Worker.PHASES)
     for key, what, digits in (("ms", "ms", 2), ("ops", "operations dispatched (views excluded)", 1)):
-        print(f"\none worker, {what} per agent step ({updates} updates timed after 5 of warm-up, 3 counted):")
+        print(f"\none worker, {what} per agent step ({updates} updates timed after 5 of warm-up, {counted} counted):")
         print("| variant | " + " | ".join(names) + " | total |")
         print("| --- |" + " ---: |" * (len(names) + 1))
         for variant, both in phases.items():
@@ -247,12 +247,8 @@ def benchmark(args) -> int:
     """Check the flags (a UsageError before anything starts), then run the rounds and report."""
     if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.phase_updates < 1 or args.workers < 1:
         raise UsageError("--duration, --rounds, --phase-updates and --workers must be positive, --warmup >= 0")
-    check_gpus(args.gpu_ids)
-    num_actions = describe_env(args.env, "config.json")
     log_dir = tempfile.mkdtemp(prefix="bench-logs-")  # worker error logs stay out of the user's training log
     common = Config(env=args.env, workers=args.workers, gpu_ids=tuple(args.gpu_ids), log_dir=log_dir)
-    if "graph" in args.variants and -1 in common.gpu_ids:
-        raise UsageError("the graph variant (--cuda-graph) needs GPU workers: pass --gpu-ids with GPU ids")
     fast = replace(common, envs_per_worker=args.envs_per_worker, bf16=args.bf16)
     variants = {
         "textbook": replace(common, textbook=True, channels_last=False),
@@ -261,6 +257,9 @@ def benchmark(args) -> int:
         "graph": replace(fast, cuda_graph=True),
     }
     variants = {name: variants[name] for name in VARIANTS if name in args.variants}
+    for cfg in variants.values():
+        check_values(cfg)  # main.py's checks: GPU ids that exist, the graph variant only on GPU workers
+    num_actions = describe_env(args.env, "config.json")
     print(f"{args.env}, {args.workers} workers, devices {args.gpu_ids}: {hardware()}", flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     sharing = gpu_sharing(args.mps, shared_gpus(common.gpu_ids, common.workers), lambda line, _: print(line))
