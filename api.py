@@ -23,11 +23,11 @@ from agent import Agent
 from checkpoint import Checkpoint, check_fits, final_path, load_checkpoint, preprocessing_warning
 from environment import make_env_for
 from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval, trained_skip_rate
-from launcher import build_run, keep_previous_run, load_resume, prepare, resume_path, under_torchrun
+from launcher import build_run, check_limits, keep_previous_run, load_resume, prepare, resume_path, under_torchrun
 from metrics import read_metrics, setup_logger
 from model import A3Clstm
 from mps import gpu_sharing, shared_gpus
-from settings import Config, check_values
+from settings import Config, check_values, usable_cpus
 from supervisor import Supervisor, stop_signals
 from utils import UsageError
 
@@ -67,6 +67,7 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     ckpt = load_resume(cfg, num_actions, required=cluster is None) if resume else None
     if cluster is not None:
         ckpt = cluster.shared_checkpoint(cfg, ckpt)
+    check_limits(cfg, ckpt)
     kept = [] if resume else keep_previous_run(cfg)  # before the log opens: a fresh run starts its own
     logger = setup_logger("main", cfg.log_path("_log"))
     if kept:
@@ -74,9 +75,9 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     warning = preprocessing_warning(ckpt, resume_path(cfg)) if ckpt else None
     if warning:
         logger.warning("warning: %s", warning)
-    cores = os.cpu_count() or 1
-    if cfg.workers > cores:
-        logger.warning("warning: %d workers on %d CPU cores; they will share cores", cfg.workers, cores)
+    cpus = usable_cpus()
+    if cfg.workers > cpus:
+        logger.warning("warning: %d workers on %d usable CPUs; they will share them", cfg.workers, cpus)
     devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
     logger.info(
         "training %s with %d workers on %s, %s test games; logs in %s, checkpoints in %s",

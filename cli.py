@@ -5,13 +5,12 @@ classic tool's short spellings, and boolean flag values."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
 from typing import get_args, get_origin, get_type_hints
 
-from settings import CHOICES, FLAGS, Config
+from settings import CHOICES, FLAGS, Config, default_workers
 from utils import UsageError
 
 EXIT_USAGE = 2
@@ -29,6 +28,13 @@ class Parser(argparse.ArgumentParser):
     def add_argument(self, *names, **kwargs):
         return super().add_argument(*[self.short[n] for n in names if n in self.short], *names, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):
+        """The flags, with --workers' machine-dependent default filled in (settings.default_workers)."""
+        parsed = super().parse_args(args, namespace)
+        if getattr(parsed, "workers", 0) is None:
+            parsed.workers = default_workers(tuple(getattr(parsed, "gpu_ids", Config.gpu_ids)))
+        return parsed
+
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
@@ -45,8 +51,9 @@ def str2bool(text: str) -> bool:
 BOOL_FLAG = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
 
 
-# The command line's defaults where they differ from Config's (the API's): one worker per core.
-COMMAND_LINE_DEFAULTS = {"workers": os.cpu_count() or 1}
+# The command line's defaults where they differ from Config's (the API's): --workers follows the machine and
+# --gpu-ids (settings.default_workers), so it is filled in once the flags are parsed.
+COMMAND_LINE_DEFAULTS = {"workers": None}
 
 
 def add_config_flags(p: argparse.ArgumentParser, names=None, helps: dict[str, str] | None = None) -> None:

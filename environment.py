@@ -146,8 +146,9 @@ GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)
 
 
 class Preprocess(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
-    """The classic tool's frame: crop (Atari screens), area-resize the 8-bit RGB crop to 80x80, then
-    grayscale with 0.2989 R + 0.587 G + 0.114 B as float32 in [0, 255] (normalisation follows)."""
+    """The classic tool's frame: crop (Atari screens), area-resize the 8-bit RGB crop to 80x80 (through 80 wide
+    and `dimension2` high first, where a game's entry sets it otherwise), then grayscale with 0.2989 R +
+    0.587 G + 0.114 B as float32 in [0, 255] (normalisation follows)."""
 
     def __init__(self, env: gym.Env, crop: dict | None):
         gym.utils.RecordConstructorArgs.__init__(self, crop=crop)
@@ -162,6 +163,9 @@ class Preprocess(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             frame = frame[self.crop["crop1"] : self.crop["crop2"] + 160, :160]
         if frame.dtype not in (np.uint8, np.float32, np.float64):
             frame = frame.astype(np.float32)
+        height = self.crop.get("dimension2", FRAME_SIZE) if self.crop is not None else FRAME_SIZE
+        if height != FRAME_SIZE:  # the classic's first resize to 80 wide, `dimension2` high (Asteroids: 94)
+            frame = cv2.resize(frame, (FRAME_SIZE, height), interpolation=cv2.INTER_AREA)
         frame = cv2.resize(frame, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
         if frame.ndim == 3:
             frame = frame @ GRAY_WEIGHTS if frame.shape[2] == 3 else frame.mean(axis=2)
@@ -231,11 +235,14 @@ def load_env_config(path: str) -> dict:
     except json.JSONDecodeError as e:
         raise UsageError(f"env config {path} is not valid JSON ({e.msg} at line {e.lineno}): fix the file") from None
     if not isinstance(config, dict) or "Default" not in config:
-        raise UsageError(f'env config {path} has no "Default" entry: add one with crop1, crop2 and dimension2')
+        raise UsageError(f'env config {path} has no "Default" entry: add one with crop1 and crop2')
     for name, entry in config.items():
-        missing = [k for k in ("crop1", "crop2", "dimension2") if not isinstance(entry, dict) or k not in entry]
+        missing = [k for k in ("crop1", "crop2") if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise UsageError(f'env config {path}: entry "{name}" lacks {", ".join(missing)}: add them')
+        height = entry.get("dimension2", FRAME_SIZE)
+        if not isinstance(height, int) or isinstance(height, bool) or height < 1:
+            raise UsageError(f'env config {path}: entry "{name}" has dimension2 {height!r}: make it a positive integer')
     return config
 
 

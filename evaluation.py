@@ -11,6 +11,7 @@ import json
 import os
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
 import cv2
@@ -23,6 +24,7 @@ from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
 from settings import Config, check_gpus
+from shared import use_device
 from utils import UsageError, safe_name
 
 ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
@@ -120,6 +122,7 @@ _pool_player: EvalPlayer | None = None
 def init_pool_process(cfg: EvalConfig, weights: dict) -> None:
     global _pool_player
     torch.set_num_threads(1)  # one game per process: the processes are the parallelism
+    use_device(cfg.device)
     _pool_player = make_player(cfg, weights)
 
 
@@ -163,8 +166,9 @@ def write_videos(cfg: EvalConfig, index: int, frames: list[np.ndarray], env) -> 
 def play_all(cfg: EvalConfig, weights: dict):
     """Yield game results in game order, from this process or from a pool of --workers processes."""
     if cfg.workers == 1:
-        player = make_player(cfg, weights)
-        yield from (play_one(player, index) for index in range(cfg.num_episodes))
+        with torch.cuda.device(cfg.device) if cfg.device.type == "cuda" else nullcontext():  # see use_device
+            player = make_player(cfg, weights)
+            yield from (play_one(player, index) for index in range(cfg.num_episodes))
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(cfg.workers, initializer=init_pool_process, initargs=(cfg, weights)) as pool:

@@ -8,6 +8,8 @@ import os
 import tempfile
 import time
 
+import torch
+
 from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env
 from model import A3Clstm
@@ -52,6 +54,23 @@ def load_resume(cfg: Config, num_actions: int, required: bool = True) -> Checkpo
     return ckpt
 
 
+def check_limits(cfg: Config, ckpt: Checkpoint | None) -> None:
+    """--max-steps and --max-time count the whole run, across --load (as the checkpoint's frames and training
+    time do): resuming a run that has already reached one is bad input, said before any process starts."""
+    if ckpt is None:
+        return
+    if cfg.max_steps and ckpt.frames >= cfg.max_steps:
+        raise UsageError(
+            f"the run has trained {ckpt.frames:,} frames, --max-steps {cfg.max_steps:,} is reached: "
+            "raise it to train on (it counts frames across --load)"
+        )
+    if cfg.max_time and ckpt.elapsed >= cfg.max_time:
+        raise UsageError(
+            f"the run has trained {ckpt.elapsed:,.0f} s, --max-time {cfg.max_time:g} is reached: "
+            "raise it to train on (it counts training time across --load)"
+        )
+
+
 def under_torchrun() -> bool:
     """Whether torchrun (or another env:// launcher of torch.distributed) started this process: a multi-host run."""
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
@@ -80,8 +99,11 @@ def keep_previous_run(cfg: Config) -> list[str]:
 
 
 def build_run(cfg: Config, num_actions: int, ckpt: Checkpoint | None, logger) -> RunShared:
-    """The shared model (resumed from `ckpt` if given), the shared optimizer, counters and flags."""
-    model = A3Clstm(1, num_actions, cfg.hidden_size)
+    """The shared model (initialised from --seed, or resumed from `ckpt`), the shared optimizer, counters and
+    flags. The caller's torch random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = A3Clstm(1, num_actions, cfg.hidden_size)
     optimizer = None
     if cfg.shared_optimizer:
         optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.amsgrad)

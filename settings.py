@@ -74,11 +74,13 @@ class Config:
         or --cuda-graph, whose captured forward cannot keep one."""
         return self.replay_convs or self.cuda_graph
 
-    def seed_for(self, slot: int) -> int:
+    def seed_for(self, slot: int, incarnation: int = 0) -> int:
         """The first seed of process `slot` (workers 0..workers-1, the test process: workers); its env i takes
         seed_for(slot) + i. Each process holds a block of envs_per_worker seeds, so that every env of every
-        process has its own (another host's processes start after this host's block: seed_block)."""
-        return self.seed + slot * self.envs_per_worker
+        process has its own (another host's processes start after this host's block: seed_block). A process
+        restarted for the n-th time (`incarnation` n) takes its block RESTART_STRIDE * n further on, so that
+        it does not replay the games its earlier incarnations played."""
+        return self.seed + slot * self.envs_per_worker + incarnation * RESTART_STRIDE
 
     def steps_for(self, rank: int) -> int:
         """Rollout length of worker `rank`: its round-robin share of --distributed-step-size, else --num-steps."""
@@ -97,6 +99,9 @@ class Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+RESTART_STRIDE = 1_000_003  # seeds between a process's incarnations: past every env of any run's first incarnation
+
+
 # Config's command line (main.py): each flag's help and the classic tool's short spelling, in field order.
 # Fields not here (host, hosts) are set from torchrun's environment, not by flags.
 FLAGS: dict[str, tuple[str, str | None]] = {
@@ -105,14 +110,26 @@ FLAGS: dict[str, tuple[str, str | None]] = {
     "lr": ("learning rate (the classic tool: 1e-4)", "-l"),
     "gamma": ("discount factor for rewards", "-g"),
     "tau": ("GAE lambda (the classic tool: 1.0)", "-t"),
-    "seed": ("random seed; worker i uses seed + i", "-s"),
-    "workers": ("training processes (the command line's default: one per core)", "-w"),
+    "seed": (
+        "random seed of the shared model's initial weights and of every env: worker i's env j plays seed + "
+        "i * envs-per-worker + j, the test process the next block; a restarted process takes new seeds",
+        "-s",
+    ),
+    "workers": (
+        "training processes; default: one per CPU this process may use (its affinity and cgroup CPU quota), "
+        "and with --gpu-ids at most 16 per GPU (a GPU's CUDA MPS clients, each with its own context)",
+        "-w",
+    ),
     "num_steps": ("rollout length (agent steps per update)", "-ns"),
     "distributed_step_size": (
         "rollout lengths assigned round-robin to workers, e.g. 16 32 64 (overrides --num-steps)",
         "-dss",
     ),
-    "max_episode_length": ("agent steps before an episode is truncated", "-mel"),
+    "max_episode_length": (
+        "agent steps before a game (all its lives) is cut off; ALE also ends v4 ids' games at 108,000 frames "
+        "(27,000 agent steps at frame skip 4)",
+        "-mel",
+    ),
     "skip_rate": ("frames each action repeats on NoFrameskip ids", None),
     "hidden_size": ("LSTM hidden size", "-hs"),
     "entropy_coef": ("entropy bonus coefficient", "-ec"),
@@ -151,8 +168,8 @@ FLAGS: dict[str, tuple[str, str | None]] = {
         None,
     ),
     "progress_interval": ("seconds between progress lines", None),
-    "max_steps": ("stop after this many frames (0: no limit)", None),
-    "max_time": ("stop after this many seconds (0: no limit)", None),
+    "max_steps": ("stop once the run has trained this many frames, counted across --load (0: no limit)", None),
+    "max_time": ("stop once the run has trained this many seconds, counted across --load (0: no limit)", None),
     "target_score": ("stop once the test mean reaches this score", None),
     "target_window": ("test games averaged for --target-score", None),
     "max_restarts": ("restarts allowed per process before the run stops", None),
@@ -163,6 +180,43 @@ FLAGS: dict[str, tuple[str, str | None]] = {
     "sync_op": ("multi-host runs: apply the mean or the sum of the hosts' weight changes at each sync", None),
 }
 CHOICES = {"optimizer": ("Adam", "RMSprop"), "mps": MPS_MODES, "sync_op": ("mean", "sum")}
+
+
+GPU_WORKERS_PER_GPU = 16  # the default's cap: CUDA MPS serves 48 clients per GPU (16 before Volta)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, bounded by a cgroup CPU quota (a container limited to 2 CPUs on
+    a 64-core host sees 64 in os.cpu_count()). Logical CPUs: a worker spends about half of each step in the
+    emulator and Python, which a sibling hyperthread overlaps with the other's arithmetic."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs' worth of time the cgroup quota allows (cgroup v2 cpu.max, or v1 cfs quota/period); None: no limit."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return int(quota) / int(period)
+
+
+def default_workers(gpu_ids: tuple[int, ...]) -> int:
+    """The command line's --workers: one per usable CPU, and with GPUs at most GPU_WORKERS_PER_GPU per GPU."""
+    cpus = usable_cpus()
+    gpus = len(set(gpu_ids) - {-1})
+    return min(cpus, GPU_WORKERS_PER_GPU * gpus) if gpus else cpus
 
 
 def seed_block(workers: int, envs_per_worker: int) -> int:
@@ -215,6 +269,8 @@ def check_values(cfg: Config) -> None:
         if getattr(cfg, name) not in choices:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    if cfg.amsgrad and cfg.optimizer != "Adam":
+        raise UsageError(f"--amsgrad is a variant of Adam: drop it, or pass --optimizer Adam (got {cfg.optimizer})")
     check_gpus(cfg.gpu_ids)
     if cfg.textbook and cfg.replays_convs:
         raise UsageError("--textbook keeps each step's autograd graph; drop --replay-convs and --cuda-graph")

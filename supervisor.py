@@ -79,10 +79,11 @@ class ProcessGroup:
 
     def start(self, name: str) -> None:
         """Start process `name`, sharing the model, optimizer, counters, flags and results."""
+        incarnation = self.restarts.get(name, 0)  # a restarted process takes new seeds (Config.seed_for)
         if name == "test":
-            target, args = test_process, (self.run,)
+            target, args = test_process, (self.run, incarnation)
         else:
-            target, args = train_worker, (int(name.removeprefix("train")), self.run)
+            target, args = train_worker, (int(name.removeprefix("train")), self.run, incarnation)
         process = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         with children_ignore_interrupts():
             process.start()
@@ -144,7 +145,7 @@ class RunMonitor:
         cfg, frames = self.cfg, self.run.counters.frames
         if cfg.max_steps and frames >= cfg.max_steps:
             return f"reached --max-steps {cfg.max_steps:,} frames", 0
-        if cfg.max_time and time.time() - self.started >= cfg.max_time:
+        if cfg.max_time and self.run.clock.elapsed() >= cfg.max_time:
             return f"reached --max-time {cfg.max_time:g} s", 0
         if cfg.target_score is not None and reaches(list(self.test_rewards), cfg.target_score, cfg.target_window):
             return f"test mean of {cfg.target_window} games reached --target-score {cfg.target_score:g}", 0

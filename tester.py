@@ -11,29 +11,37 @@ from agent import Agent, play_game
 from checkpoint import save_run, saves_test_game
 from environment import make_env_for
 from metrics import append_metrics, plot_metrics, setup_logger, tensorboard_writer
+from settings import Config
 from shared import RunShared, SharedLink, build_model, init_process
 from utils import format_duration
 
 
-def test_process(run: RunShared):
+def test_process(run: RunShared, incarnation: int = 0):
     """Process entry; logs the error before dying so the launcher's restart has a reason on record."""
-    init_process("a3c test", run.cfg.seed_for(run.cfg.workers))
+    seed = run.cfg.seed_for(run.cfg.workers, incarnation)
+    init_process("a3c test", seed, run.cfg.device_for(0))
     os.nice(5)  # the workers come first: on a machine with workers = cores the test games yield to them
     logger = setup_logger("test", run.cfg.log_path("_log"))
+    logger.info("test started on %s with seed %d", run.cfg.device_for(0), seed)
     try:
-        run_tests(run, logger)
+        run_tests(run, logger, seed)
     except Exception:
         logger.exception("test process died")
         sys.exit(1)
 
 
-def run_tests(run: RunShared, logger):
+def build_test_agent(cfg: Config, env, device, seed: int) -> Agent:
+    """The test games' agent: the workers' model layout and precision (--channels-last, --bf16)."""
+    model = build_model(env.action_space.n, cfg, device).eval()
+    return Agent(model, [env], device, seed=seed, bf16=cfg.bf16)
+
+
+def run_tests(run: RunShared, logger, seed: int):
     cfg, counters = run.cfg, run.counters
     device = cfg.device_for(0)
     env = make_env_for(cfg, training=False)
-    model = build_model(env.action_space.n, cfg, device).eval()
-    agent = Agent(model, [env], device, seed=cfg.seed_for(cfg.workers))
-    link = SharedLink(run.model, model, device)
+    agent = build_test_agent(cfg, env, device, seed)
+    link = SharedLink(run.model, agent.model, device)
     writer = tensorboard_writer(cfg)
     rewards: list[float] = []
 
@@ -80,7 +88,7 @@ def run_tests(run: RunShared, logger):
             best = run.results.best
             run.results.put(reward, length)
             if saves_test_game(cfg, reward, best):
-                save_run(cfg.checkpoint_path(), run, model, run.results.best, logger)
+                save_run(cfg.checkpoint_path(), run, agent.model, run.results.best, logger)
             run.stop.wait(cfg.test_interval)
     finally:
         agent.close()

@@ -184,12 +184,15 @@ def apply_update(model: A3Clstm, link: SharedLink, optimizer, loss: torch.Tensor
 # ---------------------------------------------------------------- the worker process
 
 
-def train_worker(rank: int, run: RunShared):
-    """Process entry: run the worker, logging its rank and the error if it dies."""
-    init_process(f"a3c train {rank}", run.cfg.seed_for(rank))
+def train_worker(rank: int, run: RunShared, incarnation: int = 0):
+    """Process entry: run the worker, logging its rank and the error if it dies. A restarted worker
+    (`incarnation` > 0) takes new seeds, so that it does not replay its predecessor's games."""
+    seed = run.cfg.seed_for(rank, incarnation)
+    init_process(f"a3c train {rank}", seed, run.cfg.device_for(rank))
     logger = setup_logger(f"train{rank}", run.cfg.log_path("_log"))
+    logger.info("train%d started on %s with seed %d", rank, run.cfg.device_for(rank), seed)
     try:
-        sys.exit(run_worker(rank, run, logger))
+        sys.exit(run_worker(rank, run, logger, seed))
     except Exception:
         logger.exception("worker %d died", rank)
         sys.exit(1)
@@ -200,7 +203,7 @@ class Worker:
 
     PHASES = ("pull weights", "act + env", "losses", "backward + optimizer")
 
-    def __init__(self, rank: int, run: RunShared):
+    def __init__(self, rank: int, run: RunShared, seed: int | None = None):
         cfg = self.cfg = run.cfg
         self.rank, self.run = rank, run
         self.device = cfg.device_for(rank)
@@ -211,7 +214,12 @@ class Worker:
         )
         self.link = SharedLink(run.model, self.model, self.device)
         self.agent = Agent(
-            self.model, envs, self.device, seed=cfg.seed_for(rank), bf16=cfg.bf16, cuda_graph=cfg.cuda_graph
+            self.model,
+            envs,
+            self.device,
+            seed=cfg.seed_for(rank) if seed is None else seed,
+            bf16=cfg.bf16,
+            cuda_graph=cfg.cuda_graph,
         )
         self.steps = cfg.steps_for(rank)
         self.frames_per_rollout = round(self.steps * len(envs) * frames_per_step(envs[0]))
@@ -234,9 +242,9 @@ class Worker:
         self.agent.close()
 
 
-def run_worker(rank: int, run: RunShared, logger) -> int:
+def run_worker(rank: int, run: RunShared, logger, seed: int | None = None) -> int:
     cfg, counters = run.cfg, run.counters
-    worker = Worker(rank, run)
+    worker = Worker(rank, run, seed)
     bad_in_a_row = 0
     writer = tensorboard_writer(cfg) if rank == 0 else None
     try:

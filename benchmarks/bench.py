@@ -41,7 +41,7 @@ from environment import describe_env
 from launcher import build_run
 from mps import gpu_sharing, shared_gpus
 from settings import Config, check_values
-from shared import Counters
+from shared import Counters, use_device
 from train import Worker, train_worker
 from utils import UsageError
 
@@ -106,7 +106,7 @@ class PhaseClock:
     def __init__(self, device: torch.device):
         self.totals = dict.fromkeys(Worker.PHASES, 0.0)
         self.counting = False
-        self.wait = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        self.wait = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else lambda: None
         self.last = time.perf_counter()
 
     def start(self, counting: bool) -> None:
@@ -177,6 +177,7 @@ def phase_times(cfg: Config, num_actions: int, updates: int, count_updates: int 
     ("ms"), and operations dispatched ("ops"), counted over `count_updates` further updates (apart from the
     timed ones: counting slows every operation down)."""
     torch.set_num_threads(1)
+    use_device(cfg.device_for(0))
     worker = Worker(0, build_run(cfg, num_actions, None, logger=None))
     clock, warmup = PhaseClock(worker.device), 5
     for update in range(warmup + updates):

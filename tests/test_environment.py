@@ -2,6 +2,7 @@
 
 import warnings
 
+import cv2
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -286,6 +287,19 @@ def test_preprocess_crops_by_config_then_resizes_and_grays():
     raw[101, 71] = (7, 9, 250)
     np.testing.assert_allclose(wrapper.observation(raw)[0], frame_by_hand(raw, config["Pong"]), rtol=1e-6)
     assert wrapper.observation(raw).max() == pytest.approx(0.2989 * 200 + 0.587 * 100 + 0.114 * 50)
+
+
+def test_a_config_entry_s_dimension2_is_the_classic_s_first_resize_height():
+    raw = np.random.default_rng(0).integers(0, 256, (210, 160, 3), dtype=np.uint8)
+    base = gym.make("AsteroidsNoFrameskip-v4")
+    tall = {"crop1": 16, "crop2": 34, "dimension2": 94}
+    crop = raw[16:194, :160]
+    first = cv2.resize(crop, (80, 94), interpolation=cv2.INTER_AREA)
+    expected = cv2.resize(first, (80, 80), interpolation=cv2.INTER_AREA) @ E.GRAY_WEIGHTS
+    np.testing.assert_allclose(E.Preprocess(base, tall).observation(raw)[0], expected, rtol=1e-6)
+    direct = E.Preprocess(base, {"crop1": 16, "crop2": 34}).observation(raw)
+    assert not np.allclose(direct[0], expected)  # the extra step changes the frame
+    np.testing.assert_array_equal(direct, E.Preprocess(base, {**tall, "dimension2": 80}).observation(raw))
 
 
 def test_truncation_at_max_episode_length():

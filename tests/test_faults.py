@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def test_killed_process_is_restarted(run_dirs, title, name):
     assert wait_for(lambda: f"{name} died (killed by SIGKILL); restart 1 of 3" in log_of(run_dirs), 10)
     assert wait_for(lambda: len(find_titled(proc.pid, title)) == 1, 30), "no replacement started"
     assert wait_for(lambda: "Time 00h" in log_of(run_dirs), 30)
+    assert wait_for(lambda: log_of(run_dirs).count(f"{name} started on cpu with seed") == 2, 30)
+    seeds = re.findall(rf"{name} started on cpu with seed (\d+)", log_of(run_dirs))
+    assert seeds[0] != seeds[1], "the replacement replays its predecessor's games"
     code, out = finish(proc)
     assert code == 0, out
     assert checkpoint(run_dirs).updates > 0
@@ -277,6 +281,11 @@ def main_bad_inputs(tmp_path, models):
     pong_model.mkdir()
     save_checkpoint(str(pong_model / "BreakoutNoFrameskip-v4.dat"), Checkpoint(model=_weights(6, 512)))
     save_checkpoint(str(pong_model / "PongNoFrameskip-v4.dat"), Checkpoint(model=_weights(6, 256)))
+    trained = models / "trained"
+    trained.mkdir()
+    save_checkpoint(
+        str(trained / "PongNoFrameskip-v4.dat"), Checkpoint(model=_weights(6, 512), frames=5000, elapsed=100.0)
+    )
     truncated = models / "truncated" / "PongNoFrameskip-v4.dat"
     truncated.parent.mkdir()
     truncated.write_bytes((pong_model / "PongNoFrameskip-v4.dat").read_bytes()[:20000])
@@ -288,7 +297,14 @@ def main_bad_inputs(tmp_path, models):
         (["--env", "tests.pixel_envs:ContinuousCue-v0"], "Discrete action space"),
         (["--env-config", tmp_path / "none.json"], "not found"),
         (["--env-config", bad_config(tmp_path, "{not json")], "not valid JSON"),
-        (["--env-config", bad_config(tmp_path, json.dumps({"Default": {"crop1": 1}}))], "lacks crop2, dimension2"),
+        (["--env-config", bad_config(tmp_path, json.dumps({"Default": {"crop1": 1}}))], "lacks crop2"),
+        (
+            ["--env-config", bad_config(tmp_path, json.dumps({"Default": {"crop1": 1, "crop2": 1, "dimension2": 0}}))],
+            "dimension2 0",
+        ),
+        (["--amsgrad", "--optimizer", "RMSprop"], "--amsgrad is a variant of Adam"),
+        (["--load", "--load-model-dir", trained, "--max-steps", 4000], "--max-steps 4,000 is reached"),
+        (["--load", "--load-model-dir", trained, "--max-time", 60], "--max-time 60 is reached"),
         (["--workers", 0], "--workers must be at least 1"),
         (["--num-steps", 0], "--num-steps must be at least 1"),
         (["--lr", 0], "--lr must be a positive number"),

@@ -23,14 +23,15 @@ def test_every_env_of_every_process_on_every_host_has_its_own_seed(envs_per_work
 
 
 def test_every_setting_but_the_host_s_place_is_a_flag_with_config_s_default():
-    import os
     from dataclasses import fields
 
     from main import parse_config
     from settings import FLAGS
 
     assert list(FLAGS) == [f.name for f in fields(Config) if f.name not in ("host", "hosts")]
-    assert parse_config([]) == Config(workers=os.cpu_count() or 1)
+    from settings import default_workers
+
+    assert parse_config([]) == Config(workers=default_workers((-1,)))
     cfg = parse_config(["--bf16", "--shared-optimizer", "False", "--gpu-ids", "0", "1", "--target-score", "18"])
     assert (cfg.bf16, cfg.shared_optimizer, cfg.gpu_ids, cfg.target_score) == (True, False, (0, 1), 18.0)
 
@@ -57,3 +58,60 @@ def test_acting_without_autograd_is_checked_against_the_textbook_path_and_the_cp
         check_values(Config(textbook=True, replay_convs=True))
     with pytest.raises(UsageError, match="^--cuda-graph captures the acting forward on a GPU: pass --gpu-ids"):
         check_values(Config(cuda_graph=True))
+
+
+def test_a_restarted_process_takes_seeds_that_no_env_of_the_run_uses():
+    cfg = Config(seed=3, workers=4, envs_per_worker=2)
+    first = {cfg.seed_for(slot) + i for slot in range(cfg.workers + 1) for i in range(cfg.envs_per_worker)}
+    for incarnation in (1, 2):
+        again = {cfg.seed_for(slot, incarnation) + i for slot in range(cfg.workers + 1) for i in range(2)}
+        assert len(again) == 10 and not again & first
+        first |= again
+
+
+def test_amsgrad_is_an_adam_variant():
+    from settings import check_values
+    from utils import UsageError
+
+    check_values(Config(amsgrad=True))
+    with pytest.raises(UsageError, match="^--amsgrad is a variant of Adam: .* --optimizer Adam"):
+        check_values(Config(amsgrad=True, optimizer="RMSprop"))
+
+
+def test_the_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path):
+    from settings import cgroup_cpu_quota
+
+    assert cgroup_cpu_quota(str(tmp_path)) is None  # no files: no limit
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path)) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path)) == 1.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(str(v1)) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    assert cgroup_cpu_quota(str(v1)) == 3.0
+
+
+def test_the_default_worker_count_is_the_cpus_this_process_may_use_and_at_most_16_per_gpu():
+    import os
+    import subprocess
+    import sys
+
+    from settings import GPU_WORKERS_PER_GPU, default_workers, usable_cpus
+    from tests.helpers import ROOT
+
+    assert default_workers((-1,)) == usable_cpus() <= os.cpu_count()
+    assert default_workers((0,)) == min(usable_cpus(), GPU_WORKERS_PER_GPU)
+    assert default_workers((0, 1, 0)) == min(usable_cpus(), 2 * GPU_WORKERS_PER_GPU)
+    pinned = subprocess.run(  # a real affinity of one CPU, as taskset or a batch scheduler sets it
+        [sys.executable, "-c", "from main import parse_config; print(parse_config([]).workers)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+        timeout=60,
+    )
+    assert pinned.stdout.strip() == "1", pinned.stderr

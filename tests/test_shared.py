@@ -67,3 +67,20 @@ def test_export_writes_a_bare_state_dict_the_classic_tool_loads(tmp_path):
     refused = run_cli("checkpoint.py", "export", old, tmp_path / "x.dat")
     assert refused.returncode == 2 and "not trained on rl_a3c_pytorch's frames" in refused.stderr
     assert not (tmp_path / "x.dat").exists()
+
+
+def test_max_time_counts_the_training_time_the_run_resumed_with():
+    from launcher import build_run
+    from settings import Config
+    from supervisor import RunMonitor
+
+    ckpt = Checkpoint(model=A3Clstm(1, 6, 32).state_dict(), frames=100, elapsed=50.0)
+    for max_time, reached in ((40.0, True), (3600.0, False)):
+        cfg = Config(max_time=max_time, hidden_size=32)
+        monitor = RunMonitor(build_run(cfg, 6, ckpt, logger=_Quiet()), _Quiet())
+        assert (monitor.limit_reached() is not None) == reached
+
+
+class _Quiet:
+    def info(self, *args):
+        pass

@@ -182,3 +182,31 @@ def test_a_worker_clips_to_max_grad_norm_and_lays_out_its_model_as_asked():
         assert float(local) <= 1e-3 * (1 + 1e-4) and torch.isclose(shared, local)
         weight = worker.model.conv2.weight
         assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_the_seed_sets_the_shared_model_s_initial_weights_and_leaves_the_caller_s_random_state():
+    from launcher import build_run
+
+    def weights(seed):
+        return [p.detach().clone() for p in build_run(Config(seed=seed), 6, None, logger=None).model.parameters()]
+
+    state = torch.random.get_rng_state()
+    first, again, other = weights(1), weights(1), weights(2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_test_games_act_in_the_workers_precision(bf16):
+    from agent import encode
+    from tester import build_test_agent
+
+    cfg = Config(env="tests.pixel_envs:Cue-v0", bf16=bf16, hidden_size=32)
+    agent = build_test_agent(cfg, make_env(cfg.env, training=False), CPU, seed=1)
+    with torch.no_grad():
+        value, _, _ = agent.forward()
+        expected, _, _ = agent.model.recur(encode(agent.model, agent.obs, bf16), agent.state)
+        other, _, _ = agent.model.recur(encode(agent.model, agent.obs, not bf16), agent.state)
+    assert torch.equal(value, expected) and not torch.equal(value, other)
+    agent.close()
