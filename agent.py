@@ -19,6 +19,21 @@ def encode(model: A3Clstm, frames: torch.Tensor, bf16: bool = False) -> torch.Te
         return model.features(frames).float()
 
 
+def sample_actions(logits: torch.Tensor) -> torch.Tensor:
+    """One action per row, drawn from softmax(logits), by the Gumbel-max trick: argmax(logits + G) with
+    G = -log(E), E ~ Exp(1), is distributed as softmax(logits). Four operations, where torch.multinomial
+    over the softmax dispatches about forty; on a GPU each is a launch the host pays for."""
+    return (logits - torch.empty_like(logits).exponential_().log()).argmax(dim=1)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` (on the CPU) on `device`. To a GPU through pinned memory, without waiting: the caching host
+    allocator keeps the pinned block until the copy has run, and the stream orders the copy before its use."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class ActingGraph:
     """One acting step's forward (convolutions, LSTM step, heads) captured as a CUDA graph.
 
@@ -100,7 +115,7 @@ class Agent:
 
     def _upload(self, frames: np.ndarray) -> torch.Tensor:
         """A new tensor each step: the rollout's convolution graphs still hold the previous frames."""
-        return torch.from_numpy(frames).to(self.device)
+        return to_device(torch.from_numpy(frames), self.device)
 
     def encode(self) -> torch.Tensor:
         """The convolutional features [K, 1024] of the current frames."""
@@ -125,10 +140,7 @@ class Agent:
     def act(self, greedy: bool, features: torch.Tensor | None = None):
         """Advance the LSTM on the current frames and choose actions: argmax, or sampled from the policy."""
         value, logits, self.state = self.forward(features)
-        if greedy:
-            actions = logits.argmax(dim=1)
-        else:
-            actions = torch.multinomial(torch.softmax(logits, dim=1), 1).squeeze(1)
+        actions = logits.argmax(dim=1) if greedy else sample_actions(logits)
         return actions, value, logits
 
     def step(self, actions: torch.Tensor) -> StepResult:
@@ -153,7 +165,7 @@ class Agent:
                 obs, _ = env.reset()
             frames.append(obs)
         self.obs = self._upload(np.stack(frames))
-        self.starts = torch.from_numpy((terminated | truncated).astype(np.float32)).to(self.device)
+        self.starts = to_device(torch.from_numpy((terminated | truncated).astype(np.float32)), self.device)
         return StepResult(rewards, terminated, truncated, final_obs, finished)
 
     def value_of(self, frame: np.ndarray, index: int) -> float:

@@ -48,3 +48,13 @@ def test_lstm_state_is_zeroed_at_each_lost_life_in_evaluation():
     assert len(lost) == 4
     zeroed = [step for step in range(length) if state_norms[step] == 0.0]
     assert zeroed == [0, *lost], "the LSTM starts from zero at the game's start and after each lost life, only there"
+
+
+def test_sampled_actions_follow_the_policy_s_softmax():
+    from agent import sample_actions
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5]]).expand(200_000, 4).contiguous()
+    counts = torch.bincount(sample_actions(logits), minlength=4).double() / len(logits)
+    torch.testing.assert_close(counts, torch.softmax(logits[0].double(), 0), atol=4e-3, rtol=0)
+    assert sample_actions(torch.tensor([[0.0, -1e9, -1e9]])).item() == 0  # a near-zero probability is not taken

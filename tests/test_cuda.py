@@ -137,3 +137,73 @@ def test_a_run_sharing_a_gpu_starts_its_own_mps_daemon_serves_its_workers_and_st
     assert served, "no nvidia-cuda-mps-server ran while the workers trained"
     assert "CUDA MPS: stopped the run's daemon" in log
     assert not os.path.exists(started.group(1)) and not mps_server_running()
+
+
+ON_GPU_1 = """
+import sys, torch
+from model import A3Clstm
+from shared import SharedLink, init_process
+from train import apply_update
+gpu = torch.device("cuda", 1)
+init_process("a3c gpu-1 probe", 1, gpu)
+shared = A3Clstm(1, 6, 64).share_memory()
+local = A3Clstm(1, 6, 64).to(gpu)
+link = SharedLink(shared, local, gpu)  # pinned buffers, a device wait: what would touch GPU 0
+value, logits, _ = local(torch.randn(2, 1, 80, 80, device=gpu), local.initial_state(2, gpu))
+apply_update(local, link, torch.optim.SGD(shared.parameters(), lr=0.1), value.sum() + logits.sum(), 0.0)
+torch.cuda.synchronize(gpu)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2 or shutil.which("nvidia-smi") is None, reason="needs 2 GPUs")
+def test_a_process_on_gpu_1_creates_no_context_on_gpu_0():
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_MPS")}
+    env["CUDA_MPS_PIPE_DIRECTORY"] = "/nonexistent"  # off MPS: nvidia-smi then lists the process on each GPU
+    probe = subprocess.Popen(
+        [sys.executable, "-c", ON_GPU_1], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert probe.stdout.readline().strip() == "ready"
+        apps = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,gpu_uuid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rows = [[field.strip() for field in line.split(",")] for line in apps.splitlines()]
+        uuids = [uuid for pid, uuid in rows if pid == str(probe.pid)]  # nvidia-smi's are "GPU-<torch's uuid>"
+        assert len(uuids) == 1 and uuids[0].endswith(str(torch.cuda.get_device_properties(1).uuid)), apps
+    finally:
+        probe.stdin.close()
+        probe.wait(30)
+
+
+def test_a_whole_worker_update_on_a_gpu_waits_once_per_agent_step_and_once_for_the_push():
+    import warnings
+
+    from launcher import build_run
+    from settings import Config
+    from train import Worker
+
+    cfg = Config(env="PongNoFrameskip-v4", workers=1, gpu_ids=(0,), num_steps=20)
+    worker = Worker(0, build_run(cfg, 6, None, logger=None))
+    worker.update()  # warm-up: lazy initialisations may wait
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            applied, _ = worker.update()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        worker.close()
+    assert applied
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    # each step's actions go to the CPU for the envs (one wait); the push waits once; nothing else may
+    assert len(waits) <= cfg.num_steps + 1, [str(w.message) for w in waits[:5]]
