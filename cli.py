@@ -10,10 +10,17 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import get_args, get_origin, get_type_hints
 
-from settings import CHOICES, FLAGS, Config, default_workers
+from settings import Config, default_workers, flag_name
 from utils import UsageError
 
 EXIT_USAGE = 2
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's help ends with its default, but for a None default: its help says what it means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,7 +29,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, short: dict[str, str] | None = None, **kwargs):
         self.short = short or {}  # set before argparse's own __init__ adds --help
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names, **kwargs):
@@ -56,42 +63,49 @@ BOOL_FLAG = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
 COMMAND_LINE_DEFAULTS = {"workers": None}
 
 
-def add_config_flags(p: argparse.ArgumentParser, names=None, helps: dict[str, str] | None = None) -> None:
-    """A flag for each of Config's fields in settings.FLAGS (or only `names`), with its type, default, choices
-    and help from settings (`helps` replaces some); booleans take a value or none, tuples several values."""
-    hints = get_type_hints(Config)
-    for spec in fields(Config):
-        if spec.name not in FLAGS or (names is not None and spec.name not in names):
+def add_config_flags(p: argparse.ArgumentParser, settings=Config, names=None, helps: dict | None = None) -> None:
+    """A flag for each field of the settings dataclass `settings` that is a settings.setting (or only `names`),
+    with its type, default, choices and help from there (`helps` replaces some); booleans take a value or
+    none, tuples several values."""
+    hints = get_type_hints(settings)
+    for spec in fields(settings):
+        if "help" not in spec.metadata or (names is not None and spec.name not in names):
             continue
-        help_text, _short = FLAGS[spec.name]
-        default = COMMAND_LINE_DEFAULTS.get(spec.name, spec.default)
+        default = COMMAND_LINE_DEFAULTS.get(spec.name, spec.default) if settings is Config else spec.default
         kind = hints[spec.name]
-        options: dict = {"help": (helps or {}).get(spec.name, help_text), "default": default}
+        options: dict = {"help": (helps or {}).get(spec.name, spec.metadata["help"]), "default": default}
+        options["dest"] = spec.name
+        if kind is not bool and spec.metadata["choices"] is None:
+            options["metavar"] = flag_name(spec).removeprefix("--").replace("-", "_").upper()
         if kind is bool:
             options |= BOOL_FLAG
         elif get_origin(kind) is tuple:
             options |= {"type": get_args(kind)[0], "nargs": "+", "default": list(default)}
         else:
             options["type"] = next(t for t in (get_args(kind) or (kind,)) if t is not type(None))
-        if spec.name in CHOICES:
-            options["choices"] = CHOICES[spec.name]
-        p.add_argument("--" + spec.name.replace("_", "-"), **options)
+        if spec.metadata["choices"] is not None:
+            options["choices"] = spec.metadata["choices"]
+        p.add_argument(flag_name(spec), **options)
 
 
-def config_from(args: argparse.Namespace) -> Config:
-    """The parsed flags as a Config (lists back to tuples)."""
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
-    return Config(**values)
+def config_from(args: argparse.Namespace, settings=Config, **values):
+    """The parsed flags (those that are fields of `settings`; lists back to tuples) and `values` as settings."""
+    names = {spec.name for spec in fields(settings)}
+    parsed = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}
+    return settings(**parsed | values)
 
 
-def classic_short() -> dict[str, str]:
-    """rl_a3c_pytorch's short spellings of main.py's flags, as Parser's `short` takes them."""
-    return {"--" + name.replace("_", "-"): short for name, (_help, short) in FLAGS.items() if short}
+def classic_short(*settings) -> dict[str, str]:
+    """rl_a3c_pytorch's short spellings of the flags of `settings` (default: Config's), as Parser's `short` takes."""
+    specs = [spec for cls in settings or (Config,) for spec in fields(cls)]
+    return {flag_name(spec): spec.metadata["short"] for spec in specs if spec.metadata.get("short")}
 
 
 def add_run_flags(p: argparse.ArgumentParser, gpus: bool = True, workers_help: str = "training processes") -> None:
     """--env, --workers (and --gpu-ids) as main.py has them, for the commands that start training runs."""
-    add_config_flags(p, ("env", "workers", "gpu_ids") if gpus else ("env", "workers"), {"workers": workers_help})
+    add_config_flags(
+        p, Config, ("env", "workers", "gpu_ids") if gpus else ("env", "workers"), {"workers": workers_help}
+    )
 
 
 def run_command(body: Callable[[], int]) -> int:

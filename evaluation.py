@@ -11,7 +11,7 @@ import json
 import os
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 
 import cv2
@@ -23,7 +23,7 @@ from agent import Agent, play_game
 from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
-from settings import Config, check_gpus
+from settings import Config, check_gpus, same_setting, setting
 from shared import use_device
 from utils import UsageError, safe_name
 
@@ -32,25 +32,32 @@ ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Every setting of an evaluation; hidden_size and skip_rate None mean: as the checkpoint was trained."""
+    """Every setting of an evaluation (gym_eval.py's flags are made from them); hidden_size and skip_rate None
+    mean: as the checkpoint was trained."""
 
-    env: str
-    model_path: str
-    env_config: str = Config.env_config
-    num_episodes: int = 100
-    results: str | None = None  # JSON file to write (None: none)
-    seed: int = 1
-    hidden_size: int | None = None
-    skip_rate: int | None = None
-    max_episode_length: int = 100000
-    stochastic: bool = False
-    gpu_id: int = -1
-    workers: int = 1
-    render: bool = False
-    render_freq: int = 1
-    record: str | None = None
-    gif: bool = False
-    record_every: int = 1
+    env: str = same_setting("env", help="gymnasium env id the model was trained on")
+    model_path: str | None = setting(
+        None, "checkpoint file to evaluate (default: <load-model-dir>/<env>.dat)", flag="--model"
+    )
+    env_config: str = same_setting("env_config")
+    num_episodes: int = setting(100, "games to play", short="-ne")
+    results: str | None = setting(None, "JSON results file (default: <log-dir>/<env>_eval.json)")
+    seed: int = setting(1, "game i is played with seed + i", short="-s")
+    hidden_size: int | None = setting(None, "LSTM hidden size (default: the checkpoint's)", short="-hs")
+    skip_rate: int | None = setting(None, "frame skip on NoFrameskip ids (default: as trained, else 4)", short="-sk")
+    max_episode_length: int = same_setting(
+        "max_episode_length",
+        default=100000,  # games are played to their end: ALE's own limit comes first on Atari ids
+        help="agent steps before a game is cut off (ALE ends v4 ids' games at 108,000 frames itself)",
+    )
+    stochastic: bool = setting(False, "sample actions from the policy instead of argmax")
+    gpu_id: int = setting(-1, "GPU to run the model on (-1: CPU)", short="-gid")
+    workers: int = setting(1, "games played at once in separate processes")
+    render: bool = setting(False, "show games in a window", short="-r")
+    render_freq: int = setting(1, "with --render, show every N-th game", short="-rf")
+    record: str | None = setting(None, "write games as MP4 videos of the raw frames into this folder")
+    gif: bool = setting(False, "with --record, write a GIF of each recorded game too")
+    record_every: int = setting(1, "with --record, record every N-th game")
 
     @property
     def device(self) -> torch.device:
@@ -60,6 +67,8 @@ class EvalConfig:
 def prepare_eval(cfg: EvalConfig) -> tuple[EvalConfig, Checkpoint]:
     """Check every setting and the checkpoint before a game starts (UsageError, one line, on bad input);
     return the settings with the checkpoint's hidden size and skip rate filled in, and the checkpoint."""
+    if cfg.model_path is None:
+        raise UsageError("no checkpoint given: pass --model FILE (or model_path= from Python)")
     for name in ("num_episodes", "workers", "render_freq", "record_every", "max_episode_length"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -163,11 +172,24 @@ def write_videos(cfg: EvalConfig, index: int, frames: list[np.ndarray], env) -> 
     return paths
 
 
+@contextmanager
+def one_thread():
+    """One intra-op thread while the block runs, then the caller's count again. A game's batch-1 forward gains
+    nothing from more, and beside a training run their spin-waits cost it six times the time (a Pong game on
+    2 busy cores: 17 s against 102 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def play_all(cfg: EvalConfig, weights: dict):
     """Yield game results in game order, from this process or from a pool of --workers processes."""
     if cfg.workers == 1:
-        with torch.cuda.device(cfg.device) if cfg.device.type == "cuda" else nullcontext():  # see use_device
-            player = make_player(cfg, weights)
+        with one_thread(), torch.cuda.device(cfg.device) if cfg.device.type == "cuda" else nullcontext():
+            player = make_player(cfg, weights)  # on its GPU as the current device: see shared.use_device
             yield from (play_one(player, index) for index in range(cfg.num_episodes))
         return
     ctx = mp.get_context("spawn")

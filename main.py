@@ -2,8 +2,8 @@
 
 python main.py --env PongNoFrameskip-v4 --workers 32 --gpu-ids 0 1 2 3 --amsgrad
 
-Every flag is one of settings.Config's fields, generated from it (settings.FLAGS holds the help texts and
-rl_a3c_pytorch's short spellings, so that a classic command line runs unchanged).
+Every flag is one of settings.Config's fields, generated from it (each field's settings.setting holds its help
+text and rl_a3c_pytorch's short spelling, so that a classic command line runs unchanged).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -12,54 +12,120 @@ from mps import MODES as MPS_MODES
 from utils import UsageError, safe_name
 
 
+def setting(default, help: str, short: str | None = None, choices: tuple | None = None, flag: str | None = None):
+    """A settings field and its command-line flag in one place: the default, the flag's help, rl_a3c_pytorch's
+    short spelling, the allowed values, and the flag's name where it is not the field's (cli.add_config_flags
+    makes the flags; check_values checks the choices)."""
+    return field(default=default, metadata={"help": help, "short": short, "choices": choices, "flag": flag})
+
+
+def same_setting(name: str, **changes):
+    """Config's setting `name` for another command's settings, with `changes` (default, help, short, ...): a
+    setting both commands take is written once."""
+    spec = next(spec for spec in fields(Config) if spec.name == name)
+    values = {"default": spec.default, **spec.metadata, **changes}
+    return setting(values.pop("default"), **values)
+
+
+def flag_name(spec) -> str:
+    """A settings field's command-line flag: --field-name, or the one its setting names."""
+    return spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of a training run, parsed once by main.py and read-only after."""
 
-    env: str = "PongNoFrameskip-v4"
-    env_config: str = "config.json"
-    lr: float = 2e-4
-    gamma: float = 0.99
-    tau: float = 0.92
-    seed: int = 1
-    workers: int = 2
-    num_steps: int = 20
-    distributed_step_size: tuple[int, ...] = ()
-    max_episode_length: int = 10000
-    skip_rate: int = 4
-    hidden_size: int = 512
-    entropy_coef: float = 0.01
-    value_coef: float = 0.5
-    max_grad_norm: float = 0.0
-    optimizer: str = "Adam"
-    amsgrad: bool = False
-    shared_optimizer: bool = True
-    load: bool = False
-    save_max: bool = False
-    load_model_dir: str = "trained_models/"
-    save_model_dir: str = "trained_models/"
-    log_dir: str = "logs/"
-    gpu_ids: tuple[int, ...] = (-1,)
-    mps: str = "auto"  # CUDA MPS for workers sharing a GPU: auto, on, off (mps.py)
-    envs_per_worker: int = 1
-    textbook: bool = False
-    channels_last: bool = True
-    bf16: bool = False
-    replay_convs: bool = False
-    cuda_graph: bool = False
-    test_interval: float = 5.0
-    test_stochastic: bool = False
-    progress_interval: float = 10.0
-    max_steps: int = 0
-    max_time: float = 0.0
-    target_score: float | None = None
-    target_window: int = 10
-    max_restarts: int = 3
-    max_nan_updates: int = 100
-    tensorboard_logger: bool = False
-    sync_interval: float = 2.0
-    sync_timeout: float = 30.0
-    sync_op: str = "mean"
+    env: str = setting(
+        "PongNoFrameskip-v4", "gymnasium env id (ALE ids, <Game>Deterministic-v4, module:EnvId)", short="-ev"
+    )
+    env_config: str = setting("config.json", "per-game crop settings (JSON)", short="-evc")
+    lr: float = setting(2e-4, "learning rate (the classic tool: 1e-4)", short="-l")
+    gamma: float = setting(0.99, "discount factor for rewards", short="-g")
+    tau: float = setting(0.92, "GAE lambda (the classic tool: 1.0)", short="-t")
+    seed: int = setting(
+        1,
+        "random seed of the shared model's initial weights and of every env: worker i's env j plays seed + i "
+        "* envs-per-worker + j, the test process the next block; a restarted process takes new seeds",
+        short="-s",
+    )
+    workers: int = setting(
+        2,
+        "training processes; default: one per CPU this process may use (its affinity and cgroup CPU quota), "
+        "and with --gpu-ids at most 16 per GPU (a GPU's CUDA MPS clients, each with its own context)",
+        short="-w",
+    )
+    num_steps: int = setting(20, "rollout length (agent steps per update)", short="-ns")
+    distributed_step_size: tuple[int, ...] = setting(
+        (), "rollout lengths assigned round-robin to workers, e.g. 16 32 64 (overrides --num-steps)", short="-dss"
+    )
+    max_episode_length: int = setting(
+        10000,
+        "agent steps before a game (all its lives) is cut off; ALE also ends v4 ids' games at 108,000 frames "
+        "(27,000 agent steps at frame skip 4)",
+        short="-mel",
+    )
+    skip_rate: int = setting(4, "frames each action repeats on NoFrameskip ids")
+    hidden_size: int = setting(512, "LSTM hidden size", short="-hs")
+    entropy_coef: float = setting(0.01, "entropy bonus coefficient", short="-ec")
+    value_coef: float = setting(0.5, "value loss coefficient", short="-vc")
+    max_grad_norm: float = setting(0.0, "clip gradients to this norm (0: off)")
+    optimizer: str = setting("Adam", "shared optimizer", short="-o", choices=("Adam", "RMSprop"))
+    amsgrad: bool = setting(False, "use the AMSGrad variant of Adam", short="-a")
+    shared_optimizer: bool = setting(True, "share optimizer statistics between workers", short="-so")
+    load: bool = setting(False, "resume from <load-model-dir>/<env>.dat (or the newer _last.dat)", short="-ld")
+    save_max: bool = setting(
+        False, "save <env>.dat only on a new best test score (the final state goes to <env>_last.dat)", short="-sm"
+    )
+    load_model_dir: str = setting("trained_models/", "where --load (and gym_eval.py) look for <env>.dat", short="-lmd")
+    save_model_dir: str = setting("trained_models/", "where checkpoints are written", short="-smd")
+    log_dir: str = setting("logs/", "where logs, metrics and plots are written", short="-lg")
+    gpu_ids: tuple[int, ...] = setting((-1,), "GPUs for workers, round-robin (-1: CPU)", short="-gp")
+    mps: str = setting(
+        "auto",
+        "CUDA MPS for workers sharing a GPU: auto uses a running daemon or starts one for the run and goes on "
+        "without where it cannot; on makes that an error; off keeps workers off MPS",
+        choices=MPS_MODES,
+    )
+    envs_per_worker: int = setting(1, "environments each worker steps with one batched forward")
+    textbook: bool = setting(
+        False, "per-step autograd forward as the classic tool does (the baseline bench.py compares with)"
+    )
+    channels_last: bool = setting(True, "channels-last memory layout for the convolutions")
+    bf16: bool = setting(False, "bfloat16 autocast for the convolutions")
+    replay_convs: bool = setting(
+        False,
+        "act without autograd and recompute the rollout's convolutions in one batched pass at the update "
+        "(fewer, larger kernels for a GPU; on a CPU a second forward)",
+    )
+    cuda_graph: bool = setting(
+        False, "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs)"
+    )
+    test_interval: float = setting(5.0, "seconds the test process waits between games")
+    test_stochastic: bool = setting(
+        False, "test games sample actions from the policy instead of argmax (as gym_eval.py --stochastic)"
+    )
+    progress_interval: float = setting(10.0, "seconds between progress lines")
+    max_steps: int = setting(0, "stop once the run has trained this many frames, counted across --load (0: no limit)")
+    max_time: float = setting(
+        0.0, "stop once the run has trained this many seconds, counted across --load (0: no limit)"
+    )
+    target_score: float | None = setting(None, "stop once the test mean reaches this score")
+    target_window: int = setting(10, "test games averaged for --target-score")
+    max_restarts: int = setting(3, "restarts allowed per process before the run stops")
+    max_nan_updates: int = setting(100, "non-finite updates in a row that stop the run")
+    tensorboard_logger: bool = setting(False, "write TensorBoard scalars under <log-dir>/tensorboard", short="-tl")
+    sync_interval: float = setting(
+        2.0, "multi-host runs (torchrun): seconds between syncs of the hosts' shared weights"
+    )
+    sync_timeout: float = setting(
+        30.0, "multi-host runs: seconds without an answer from a host before the others stop the run"
+    )
+    sync_op: str = setting(
+        "mean",
+        "multi-host runs: apply the mean or the sum of the hosts' weight changes at each sync",
+        choices=("mean", "sum"),
+    )
     host: int = 0  # this host's rank in a multi-host run (set from torchrun's environment, not a flag)
     hosts: int = 1
 
@@ -100,86 +166,6 @@ class Config:
 
 
 RESTART_STRIDE = 1_000_003  # seeds between a process's incarnations: past every env of any run's first incarnation
-
-
-# Config's command line (main.py): each flag's help and the classic tool's short spelling, in field order.
-# Fields not here (host, hosts) are set from torchrun's environment, not by flags.
-FLAGS: dict[str, tuple[str, str | None]] = {
-    "env": ("gymnasium env id (ALE ids, <Game>Deterministic-v4, module:EnvId)", "-ev"),
-    "env_config": ("per-game crop settings (JSON)", "-evc"),
-    "lr": ("learning rate (the classic tool: 1e-4)", "-l"),
-    "gamma": ("discount factor for rewards", "-g"),
-    "tau": ("GAE lambda (the classic tool: 1.0)", "-t"),
-    "seed": (
-        "random seed of the shared model's initial weights and of every env: worker i's env j plays seed + "
-        "i * envs-per-worker + j, the test process the next block; a restarted process takes new seeds",
-        "-s",
-    ),
-    "workers": (
-        "training processes; default: one per CPU this process may use (its affinity and cgroup CPU quota), "
-        "and with --gpu-ids at most 16 per GPU (a GPU's CUDA MPS clients, each with its own context)",
-        "-w",
-    ),
-    "num_steps": ("rollout length (agent steps per update)", "-ns"),
-    "distributed_step_size": (
-        "rollout lengths assigned round-robin to workers, e.g. 16 32 64 (overrides --num-steps)",
-        "-dss",
-    ),
-    "max_episode_length": (
-        "agent steps before a game (all its lives) is cut off; ALE also ends v4 ids' games at 108,000 frames "
-        "(27,000 agent steps at frame skip 4)",
-        "-mel",
-    ),
-    "skip_rate": ("frames each action repeats on NoFrameskip ids", None),
-    "hidden_size": ("LSTM hidden size", "-hs"),
-    "entropy_coef": ("entropy bonus coefficient", "-ec"),
-    "value_coef": ("value loss coefficient", "-vc"),
-    "max_grad_norm": ("clip gradients to this norm (0: off)", None),
-    "optimizer": ("shared optimizer", "-o"),
-    "amsgrad": ("use the AMSGrad variant of Adam", "-a"),
-    "shared_optimizer": ("share optimizer statistics between workers", "-so"),
-    "load": ("resume from <load-model-dir>/<env>.dat (or the newer _last.dat)", "-ld"),
-    "save_max": ("save <env>.dat only on a new best test score (the final state goes to <env>_last.dat)", "-sm"),
-    "load_model_dir": ("where --load looks", "-lmd"),
-    "save_model_dir": ("where checkpoints are written", "-smd"),
-    "log_dir": ("where logs, metrics and plots are written", "-lg"),
-    "gpu_ids": ("GPUs for workers, round-robin (-1: CPU)", "-gp"),
-    "mps": (
-        "CUDA MPS for workers sharing a GPU: auto uses a running daemon or starts one for the run and goes on "
-        "without where it cannot; on makes that an error; off keeps workers off MPS",
-        None,
-    ),
-    "envs_per_worker": ("environments each worker steps with one batched forward", None),
-    "textbook": ("per-step autograd forward as the classic tool does (the baseline bench.py compares with)", None),
-    "channels_last": ("channels-last memory layout for the convolutions", None),
-    "bf16": ("bfloat16 autocast for the convolutions", None),
-    "replay_convs": (
-        "act without autograd and recompute the rollout's convolutions in one batched pass at the update "
-        "(fewer, larger kernels for a GPU; on a CPU a second forward)",
-        None,
-    ),
-    "cuda_graph": (
-        "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs)",
-        None,
-    ),
-    "test_interval": ("seconds the test process waits between games", None),
-    "test_stochastic": (
-        "test games sample actions from the policy instead of argmax (as gym_eval.py --stochastic)",
-        None,
-    ),
-    "progress_interval": ("seconds between progress lines", None),
-    "max_steps": ("stop once the run has trained this many frames, counted across --load (0: no limit)", None),
-    "max_time": ("stop once the run has trained this many seconds, counted across --load (0: no limit)", None),
-    "target_score": ("stop once the test mean reaches this score", None),
-    "target_window": ("test games averaged for --target-score", None),
-    "max_restarts": ("restarts allowed per process before the run stops", None),
-    "max_nan_updates": ("non-finite updates in a row that stop the run", None),
-    "tensorboard_logger": ("write TensorBoard scalars under <log-dir>/tensorboard", "-tl"),
-    "sync_interval": ("multi-host runs (torchrun): seconds between syncs of the hosts' shared weights", None),
-    "sync_timeout": ("multi-host runs: seconds without an answer from a host before the others stop the run", None),
-    "sync_op": ("multi-host runs: apply the mean or the sum of the hosts' weight changes at each sync", None),
-}
-CHOICES = {"optimizer": ("Adam", "RMSprop"), "mps": MPS_MODES, "sync_op": ("mean", "sum")}
 
 
 GPU_WORKERS_PER_GPU = 16  # the default's cap: CUDA MPS serves 48 clients per GPU (16 before Volta)
@@ -265,10 +251,7 @@ def check_values(cfg: Config) -> None:
     }.items():
         if not value > 0 or not math.isfinite(value):
             raise UsageError(f"{name} must be a positive number of seconds, got {value}")
-    for name, choices in CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    check_choices(cfg)
     if cfg.amsgrad and cfg.optimizer != "Adam":
         raise UsageError(f"--amsgrad is a variant of Adam: drop it, or pass --optimizer Adam (got {cfg.optimizer})")
     check_gpus(cfg.gpu_ids)
@@ -276,6 +259,15 @@ def check_values(cfg: Config) -> None:
         raise UsageError("--textbook keeps each step's autograd graph; drop --replay-convs and --cuda-graph")
     if cfg.cuda_graph and -1 in cfg.gpu_ids:
         raise UsageError("--cuda-graph captures the acting forward on a GPU: pass --gpu-ids with GPU ids too")
+
+
+def check_choices(settings) -> None:
+    """Each setting with a fixed set of values (a setting's `choices`) holds one of them; for API callers too."""
+    for spec in fields(settings):
+        choices = spec.metadata.get("choices")
+        if choices is not None and getattr(settings, spec.name) not in choices:
+            value = getattr(settings, spec.name)
+            raise UsageError(f"{flag_name(spec)} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def check_gpus(gpu_ids) -> None:
