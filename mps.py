@@ -7,6 +7,10 @@ or starts one of its own in private pipe and log directories for the length of t
 cannot be done it says so in one line and trains without. `--mps on` makes that an error before any
 worker starts; `--mps off` keeps the workers off any daemon.
 
+MPS clients must not narrow the GPUs again (NVIDIA: CUDA_VISIBLE_DEVICES "should not be set in the client's
+environment"; the server renumbers the GPUs its daemon sees, in the order given). So a daemon of our own takes the
+launcher's CUDA_VISIBLE_DEVICES, as GPU UUIDs, and the workers start without it: their cuda:N is the launcher's.
+
 A daemon of our own is owned by a guard process (`python mps.py guard`): it starts the daemon, and stops
 it once the launcher closes its stdin, which also happens when the launcher is killed, so that no daemon
 outlives its run.
@@ -15,6 +19,7 @@ outlives its run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +37,8 @@ MODES = ("auto", "on", "off")
 CONTROL = "nvidia-cuda-mps-control"
 DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"  # where the CUDA driver looks without CUDA_MPS_PIPE_DIRECTORY
 ENV_KEYS = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+VISIBLE = "CUDA_VISIBLE_DEVICES"
+ROOT_UID = 0  # NVIDIA's multi-user setup: root's daemon starts a server for whichever user connects
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 60.0
 COST = "they take turns on it (16 A3G workers on one H100: 3,400 frames/s without MPS, 10,000-11,000 with)"
@@ -60,7 +67,18 @@ class Machine:
     pipe_dir: str  # where the driver looks for a daemon
     daemon_uid: int | None  # owner of the daemon there, None where none runs
     uid: int
-    compute_modes: dict[int, str]  # nvidia-smi's compute mode per GPU (Default, Exclusive_Process, ...)
+    compute_modes: dict[int, str]  # Default, Exclusive_Process, ... by the run's CUDA ordinal, where known
+    visible: str | None  # the launcher's CUDA_VISIBLE_DEVICES, None where unset
+    daemon_visible: str | None  # the CUDA_VISIBLE_DEVICES a daemon of ours takes (see visible_for_daemon)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as nvidia-smi lists it (nvidia-smi ignores CUDA_VISIBLE_DEVICES)."""
+
+    uuid: str  # GPU-...
+    bus_id: str  # PCI domain:bus:device.function, in hex
+    compute_mode: str
 
 
 def daemon_owner(pipe_dir: str) -> int | None:
@@ -74,32 +92,83 @@ def daemon_owner(pipe_dir: str) -> int | None:
     return os.stat(path).st_uid
 
 
-def compute_modes() -> dict[int, str]:
-    """nvidia-smi's compute mode of each GPU; empty where nvidia-smi is missing or fails."""
+def smi_gpus() -> list[Gpu]:
+    """The machine's GPUs as nvidia-smi lists them; empty where nvidia-smi is missing or fails."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return {}
+        return []
     try:
         out = subprocess.run(
-            [smi, "--query-gpu=index,compute_mode", "--format=csv,noheader"],
+            [smi, "--query-gpu=uuid,pci.bus_id,compute_mode", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=30,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return []
+    rows = [[field.strip() for field in line.split(",")] for line in out.splitlines()]
+    return [Gpu(*row) for row in rows if len(row) == 3 and row[0].startswith("GPU-") and bus_key(row[1])]
+
+
+def bus_key(bus_id: str) -> tuple[int, ...]:
+    """A PCI bus id as numbers to sort by; () where it is not one."""
+    try:
+        return tuple(int(part, 16) for part in re.split(r"[:.]", bus_id))
+    except ValueError:
+        return ()
+
+
+def cuda_candidates(gpus: list[Gpu], visible: str | None, pci_order: bool) -> list[list[Gpu]]:
+    """For each CUDA ordinal of this process, the GPUs it may be: one where that is known, all where not, none
+    where its CUDA_VISIBLE_DEVICES entry names no GPU we know (a MIG instance, a typo: CUDA stops there).
+
+    A UUID entry (full, or a prefix with GPU-, unique) names its GPU. An index counts in CUDA's order, which is
+    nvidia-smi's PCI bus order only with CUDA_DEVICE_ORDER=PCI_BUS_ID; CUDA's default puts the fastest GPU
+    first and leaves the rest unspecified, so there an index on a machine of several GPUs may be any of them."""
+    order = sorted(gpus, key=lambda gpu: bus_key(gpu.bus_id))
+    known = pci_order or len(order) == 1
+    entries = [e.strip() for e in visible.split(",")] if visible is not None else [str(i) for i in range(len(order))]
+    candidates = []
+    for entry in entries:
+        if entry.startswith("GPU-"):
+            named = [gpu for gpu in order if gpu.uuid.startswith(entry)]
+            candidates.append(named if len(named) == 1 else [])
+        elif entry.isdigit() and int(entry) < len(order):
+            candidates.append([order[int(entry)]] if known else order)
+        else:
+            candidates.append([])
+    return candidates
+
+
+def known_modes(candidates: list[list[Gpu]]) -> dict[int, str]:
+    """The compute mode of each CUDA ordinal whose candidate GPUs all have the same one (often every GPU does)."""
     modes = {}
-    for line in out.splitlines():
-        index, _, mode = line.partition(",")
-        if index.strip().isdigit():
-            modes[int(index)] = mode.strip()
+    for ordinal, gpus in enumerate(candidates):
+        found = {gpu.compute_mode for gpu in gpus}
+        if len(found) == 1:
+            modes[ordinal] = found.pop()
     return modes
+
+
+def visible_for_daemon(candidates: list[list[Gpu]], visible: str | None) -> str | None:
+    """The launcher's CUDA_VISIBLE_DEVICES as UUIDs, which NVIDIA recommends for MPS; as it is where an entry
+    names no single GPU (the daemon inherits CUDA_DEVICE_ORDER, so it reads the indices as the launcher did).
+    None where it is unset: the daemon then sees what the launcher sees."""
+    if visible is None or any(len(gpus) != 1 for gpus in candidates):
+        return visible
+    return ",".join(gpus[0].uuid for gpus in candidates)
 
 
 def probe() -> Machine:
     pipe_dir = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
-    return Machine(shutil.which(CONTROL), pipe_dir, daemon_owner(pipe_dir), os.getuid(), compute_modes())
+    visible = os.environ.get(VISIBLE)
+    candidates = cuda_candidates(smi_gpus(), visible, os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID")
+    daemon_visible = visible_for_daemon(candidates, visible)
+    owner = daemon_owner(pipe_dir)
+    return Machine(
+        shutil.which(CONTROL), pipe_dir, owner, os.getuid(), known_modes(candidates), visible, daemon_visible
+    )
 
 
 @dataclass(frozen=True)
@@ -111,21 +180,31 @@ class Plan:
 
 def plan(mode: str, shared: dict[int, int], machine: Machine) -> Plan:
     """What to do for workers sharing GPUs (`shared`, not empty), in `mode`; a UsageError where the run
-    cannot work: --mps on without MPS, or a GPU in exclusive-process mode (one process only, without MPS)."""
+    cannot work: --mps on without MPS, or a GPU in exclusive-process mode (one process only, without MPS).
+    A running daemon of ours or root's is used, unless CUDA_VISIBLE_DEVICES narrows the GPUs: which GPUs that
+    daemon serves, and so what the workers' cuda:N would be, is unknown, so the run starts its own."""
     workers = describe(shared)
     exclusive = exclusive_gpus(shared, machine)
     if mode == "off":
         if exclusive:
             raise UsageError(exclusive_error(exclusive, "--mps off keeps the workers off MPS"))
         return Plan("hide", f"--mps off: {workers} without CUDA MPS: {COST}")
-    if machine.daemon_uid == machine.uid:
+    running = machine.daemon_uid
+    usable = running in (machine.uid, ROOT_UID)
+    if usable and machine.visible is None:
         return Plan("use", f"CUDA MPS: using the running daemon in {machine.pipe_dir} for {workers}")
-    if machine.daemon_uid is not None:
-        reason = f"another user's CUDA MPS daemon (uid {machine.daemon_uid}) runs in {machine.pipe_dir}"
+    if running is not None and not usable:
+        reason = f"another user's CUDA MPS daemon (uid {running}) runs in {machine.pipe_dir}"
         return cannot(mode, shared, exclusive, reason, "ask its owner to stop it (`echo quit | " + CONTROL + "`)")
     if machine.control is None:
         reason = f"{CONTROL} is not installed"
         return cannot(mode, shared, exclusive, reason, "install the NVIDIA driver's CUDA MPS tools")
+    if running is not None:
+        return Plan(
+            "start",
+            f"CUDA MPS: not using the running daemon in {machine.pipe_dir}, which may serve other GPUs than "
+            f"{VISIBLE}={machine.visible} selects: started one of the run's own for {workers}",
+        )
     return Plan("start", f"CUDA MPS: started a daemon for {workers}")
 
 
@@ -161,11 +240,13 @@ class MpsError(Exception):
 class Daemon:
     """A control daemon of our own in private pipe and log directories, owned by a guard process."""
 
-    def __init__(self):
+    def __init__(self, visible: str | None):
+        """`visible`: the daemon's CUDA_VISIBLE_DEVICES, None to leave it unset."""
         self.root = tempfile.mkdtemp(prefix="a3c-mps-")
         self.pipe_dir, self.log_dir = (os.path.join(self.root, name) for name in ("pipe", "log"))
         self.guard = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "guard", self.root],
+            env=None if visible is None else {**os.environ, VISIBLE: visible},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -192,52 +273,63 @@ class Daemon:
 
 
 @contextmanager
-def environment(values: dict[str, str]):
-    """os.environ with `values` (inherited by the workers started meanwhile), restored afterwards."""
+def environment(values: dict[str, str | None]):
+    """os.environ with `values` set, or removed where None (as the workers started meanwhile inherit it),
+    restored afterwards."""
     before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
+    set_environment(values)
     try:
         yield
     finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        set_environment(before)
+
+
+def set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @contextmanager
 def gpu_sharing(mode: str, shared: dict[int, int], log):
-    """The run's MPS, for the length of the `with` block: `log(line, warning)` says which case happened.
-    Raises UsageError before anything starts where the run cannot go on (see plan)."""
+    """The run's MPS, for the length of the `with` block, which gets whether the run's GPU processes are MPS
+    clients: `log(line, warning)` says which case happened. Raises UsageError before anything starts where
+    the run cannot go on (see plan)."""
     if not shared:
         if mode == "on":
             log("--mps on: no two processes share a GPU, so the run needs no CUDA MPS", False)
-        yield
+        yield False
         return
     machine = probe()
     decision = plan(mode, shared, machine)
     daemon = None
     if decision.action == "start":
         try:
-            daemon = Daemon()
+            daemon = Daemon(machine.daemon_visible)
         except MpsError as e:
             exclusive = exclusive_gpus(shared, machine)
             decision = cannot(mode, shared, exclusive, f"its daemon did not start ({e})", START_IT)
         else:
-            decision = Plan("start", f"{decision.line} (pipe and log in {daemon.root}); it stops when the run ends")
+            decision = Plan("start", started_line(decision.line, daemon, machine.daemon_visible))
     log(decision.line, decision.warning)
-    values = daemon.env() if daemon else {}
+    values: dict[str, str | None] = {**daemon.env(), VISIBLE: None} if daemon else {}
     if decision.action == "hide":
         values = {ENV_KEYS[0]: tempfile.mkdtemp(prefix="a3c-no-mps-")}  # no daemon there: the workers run without
     try:
         with environment(values):
-            yield
+            yield decision.action != "hide"
     finally:
         if daemon is not None:
             log(f"CUDA MPS: {daemon.stop()}", False)
         elif decision.action == "hide":
             shutil.rmtree(values[ENV_KEYS[0]], ignore_errors=True)
+
+
+def started_line(line: str, daemon: Daemon, visible: str | None) -> str:
+    gpus = f"; its GPUs {VISIBLE}={visible}, unset for its clients, the workers" if visible is not None else ""
+    return f"{line} (pipe and log in {daemon.root}{gpus}); it stops when the run ends"
 
 
 # ---------------------------------------------------------------- the guard process

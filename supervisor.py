@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.multiprocessing as mp
@@ -65,14 +66,40 @@ def stop_signals():
             signal.signal(signum, handler)
 
 
-class ProcessGroup:
-    """This host's processes by name ("test" on host 0, "train<rank>"), each restarted up to --max-restarts."""
+@dataclass
+class GpuRestart:
+    """The processes of one GPU under CUDA MPS, going down together after one of them died, to start again
+    together `delay` seconds after the last has exited."""
 
-    def __init__(self, run: RunShared, logger):
+    names: list[str]
+    stop_at: float  # time.monotonic() when those still running are killed
+    delay: float
+    start_at: float | None = None  # set once all have exited
+
+
+class ProcessGroup:
+    """This host's processes by name ("test" on host 0, "train<rank>"), each restarted up to --max-restarts.
+
+    Under CUDA MPS (`mps`), a fault of one client reaches every client on its GPU, and the MPS server takes no
+    new client there until all of them have exited; restarted at once, one by one, they would fail again and
+    use up --max-restarts. So a GPU process that dies takes its GPU's other processes down (they get
+    SIBLING_GRACE seconds to exit by themselves), and they start again together after a backoff, counted against
+    --max-restarts as one restart of that GPU (group_restarts["cuda:N"]); `restarts` still counts each process's
+    own starts. CPU processes, and runs without MPS, restart one by one at once.
+    """
+
+    SIBLING_GRACE = 10.0
+    BACKOFF = 2.0  # seconds before a GPU's first group restart, doubling with each further one
+    BACKOFF_CAP = 30.0
+
+    def __init__(self, run: RunShared, logger, mps: bool = False):
         self.run, self.cfg, self.logger = run, run.cfg, logger
         self.ctx = mp.get_context("spawn")
         self.processes: dict[str, mp.Process] = {}
         self.restarts: dict[str, int] = {}
+        self.mps = mps  # whether the GPU processes are MPS clients (mps.gpu_sharing's answer)
+        self.group_restarts: dict[str, int] = {}  # by device, under MPS
+        self.pending: dict[str, GpuRestart] = {}  # by device, while one is under way
 
     def names(self) -> list[str]:
         return ["test"] * (self.cfg.host == 0) + [f"train{rank}" for rank in range(self.cfg.workers)]
@@ -97,13 +124,67 @@ class ProcessGroup:
             code = process.exitcode
             if code == EXIT_NAN:
                 return f"{name} saw {self.cfg.max_nan_updates} non-finite updates in a row", EXIT_FAILED
+            if self.in_gpu_restart(name):
+                continue
             why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            self.restarts[name] = self.restarts.get(name, 0) + 1
-            if self.restarts[name] > self.cfg.max_restarts:
-                return f"{name} died ({why}) more than --max-restarts {self.cfg.max_restarts} times", EXIT_FAILED
-            self.logger.warning("%s died (%s); restart %d of %d", name, why, self.restarts[name], self.cfg.max_restarts)
-            self.start(name)
+            on_mps = self.mps and self.device_of(name).type == "cuda"
+            stop = self.take_gpu_down(name, why) if on_mps else self.restart_one(name, why)
+            if stop is not None:
+                return stop
+        self.advance_gpu_restarts()
         return None
+
+    def restart_one(self, name: str, why: str) -> Stop | None:
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        if self.restarts[name] > self.cfg.max_restarts:
+            return f"{name} died ({why}) more than --max-restarts {self.cfg.max_restarts} times", EXIT_FAILED
+        self.logger.warning("%s died (%s); restart %d of %d", name, why, self.restarts[name], self.cfg.max_restarts)
+        self.start(name)
+        return None
+
+    def device_of(self, name: str) -> torch.device:
+        """The device process `name` plays on: a worker's own; the test process plays on worker 0's."""
+        return self.cfg.device_for(0 if name == "test" else int(name.removeprefix("train")))
+
+    def in_gpu_restart(self, name: str) -> bool:
+        return any(name in restart.names for restart in self.pending.values())
+
+    def take_gpu_down(self, name: str, why: str) -> Stop | None:
+        """`name`, an MPS client, died: one restart of its GPU, whose processes go down to start again together."""
+        device = str(self.device_of(name))
+        count = self.group_restarts[device] = self.group_restarts.get(device, 0) + 1
+        limit = self.cfg.max_restarts
+        if count > limit:
+            why = f"{name} died ({why}); {device}'s processes restarted more than --max-restarts {limit} times"
+            return why, EXIT_FAILED
+        names = [other for other in self.processes if str(self.device_of(other)) == device]
+        delay = min(self.BACKOFF * 2 ** (count - 1), self.BACKOFF_CAP)
+        self.pending[device] = GpuRestart(names, time.monotonic() + self.SIBLING_GRACE, delay)
+        self.logger.warning(
+            "%s died (%s) on %s under CUDA MPS, which fails its other clients too: %s start again together %g s "
+            "after all have exited (those running in %g s are killed); restart %d of %d",
+            *(name, why, device, ", ".join(names), delay, self.SIBLING_GRACE, count, limit),
+        )
+        return None
+
+    def advance_gpu_restarts(self) -> None:
+        """Kill what still runs of a GPU going down once its grace is over; start its processes once it is down
+        and the backoff has passed."""
+        now = time.monotonic()
+        for device, restart in list(self.pending.items()):
+            running = [self.processes[name] for name in restart.names if self.processes[name].is_alive()]
+            if running and now >= restart.stop_at:
+                for process in running:
+                    process.kill()
+            if running:
+                continue
+            if restart.start_at is None:
+                restart.start_at = now + restart.delay
+            if now >= restart.start_at:
+                del self.pending[device]
+                for name in restart.names:
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    self.start(name)
 
     def shutdown(self, while_waiting: Callable[[], None], grace: float = 10.0) -> None:
         """Ask every process to stop, wait `grace` seconds (calling `while_waiting`), then terminate and kill."""
@@ -207,11 +288,11 @@ class Supervisor:
     """Runs this host's part of a run: starts its processes, watches them, stops it on a criterion, a signal,
     a failure or another host's stop, and saves at the end (host 0)."""
 
-    def __init__(self, run: RunShared, logger, signals: list[str], peers=None):
+    def __init__(self, run: RunShared, logger, signals: list[str], peers=None, mps: bool = False):
         self.run_shared, self.cfg, self.logger = run, run.cfg, logger
         self.signals = signals  # names of the stop signals received, appended by stop_signals()
         self.peers = peers  # a distributed.HostSync in a multi-host run, else None
-        self.group = ProcessGroup(run, logger)
+        self.group = ProcessGroup(run, logger, mps)  # mps: whether the GPU processes are CUDA MPS clients
         self.monitor = RunMonitor(run, logger, peers)
         self.stop_reason: str | None = None
         self.exit_code = 0

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# A3G on one GPU box: the GPU tests; frames/s side by side (16 CPU workers; 16 A3G workers without MPS; with
-# MPS on the fast path, with --replay-convs and with --cuda-graph; with MPS and 4 envs per worker); one
-# worker's phases (ms and operations per agent step) on each acting path; and one time-to-score run to a
-# 5-game test mean of 18 with the defaults. Prints a table and keeps every log and JSON in OUT. PARTS picks
-# what runs: all four take about 10 minutes, more than one device call allows, so run them in two calls,
-# PARTS="tests speed" (about 6 minutes) and then PARTS="phases score" (about 4), each rerunnable alone.
+# A3G on one GPU box: the GPU tests, and nvidia-smi's processes during an A3G run under MPS (expected: one MPS
+# server, each process on its own GPU only) and during one with CUDA_VISIBLE_DEVICES=$GPU and --mps on;
+# frames/s side by side (16 CPU workers; 16 A3G workers without MPS; with MPS on the fast path, with
+# --replay-convs and with --cuda-graph; with MPS and 4 envs per worker); one worker's phases (ms and
+# operations per agent step) on each acting path; and one time-to-score run to a 5-game test mean of 18 with
+# the defaults. Prints a table and keeps every log and JSON in OUT. PARTS picks
+# what runs: all four take about 11 minutes, more than one device call allows, so run them in two calls,
+# PARTS="tests speed" (about 7 minutes) and then PARTS="phases score" (about 4), each rerunnable alone.
 #
 #   bash benchmarks/bench_gpu.sh [OUT]          # OUT defaults to logs/bench_gpu
 #   GPU=0 WORKERS=16 SECONDS_PER=10 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
@@ -35,9 +37,53 @@ GRAPH=graph
 echo "== $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), parts: $PARTS"
 nvidia-smi --query-gpu=index,name,driver_version,compute_mode,memory.total --format=csv || true
 
+smi_during_run() {  # NAME FLAGS...: main.py with FLAGS until it trains, nvidia-smi's processes then, then SIGTERM
+    local name=$1
+    shift
+    local dir="$OUT/$name"
+    mkdir -p "$dir"
+    echo "== nvidia-smi during an A3G run, $name:${CUDA_VISIBLE_DEVICES+ CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES} $*"
+    $PY main.py --env PongNoFrameskip-v4 --progress-interval 1 --log-dir "$dir" --save-model-dir "$dir" "$@" \
+        >"$dir/run.log" 2>&1 &
+    local run=$!
+    for _ in $(seq 180); do
+        grep -q "| updates [1-9]" "$dir/run.log" && break
+        kill -0 "$run" 2>/dev/null || break
+        sleep 1
+    done
+    { nvidia-smi; nvidia-smi --query-compute-apps=pid,process_name,gpu_uuid,used_memory --format=csv; } \
+        >"$dir/nvidia-smi.txt" 2>&1
+    kill -TERM "$run" 2>/dev/null
+    wait "$run"
+    echo "main.py exited with code $? (SIGTERM once it trained); its MPS line and the processes nvidia-smi saw:"
+    grep -m1 -e "CUDA MPS" -e "--mps" "$dir/run.log"
+    $PY - "$dir/nvidia-smi.txt" <<'PYTHON'
+import sys
+from collections import defaultdict
+
+lines = open(sys.argv[1]).read().splitlines()
+head = next((i for i, line in enumerate(lines) if line.startswith("pid, process_name")), None)
+if head is None:
+    sys.exit(print("  no nvidia-smi process list (see the file)") or 0)
+gpus, servers = defaultdict(set), set()
+for row in lines[head + 1 :]:
+    pid, name, uuid = (field.strip() for field in row.split(",")[:3])
+    gpus[pid].add(uuid)
+    if name.endswith("nvidia-cuda-mps-server"):
+        servers.add((pid, uuid))
+several = {pid: sorted(uuids) for pid, uuids in gpus.items() if len(uuids) > 1}
+print(f"  {len(gpus)} processes; MPS servers: {len(servers)} {sorted(servers)} (expected: one per GPU used)")
+print(f"  processes on more than one GPU: {several or 'none'} (expected: none)")
+PYTHON
+}
+
 if part tests; then
     echo "== GPU tests"
     $PY -m pytest -q tests/test_cuda.py tests/test_mps.py
+    VISIBLE_IDS=0
+    [ "$GPU" = -1 ] && VISIBLE_IDS=-1
+    smi_during_run a3g_smi --workers "$WORKERS" --gpu-ids "$GPU" --mps on
+    CUDA_VISIBLE_DEVICES=$GPU smi_during_run a3g_visible --workers "$WORKERS" --gpu-ids "$VISIBLE_IDS" --mps on
 fi
 
 bench() {

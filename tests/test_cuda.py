@@ -1,8 +1,13 @@
 """A3G paths on a real GPU; skipped where torch sees no CUDA device (CI has none)."""
 
+import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -12,8 +17,10 @@ from agent import Agent
 from checkpoint import load_checkpoint
 from environment import make_env
 from model import A3Clstm
+from proctree import find_titled
 from shared import SharedLink
-from tests.helpers import run_cli, start_cli
+from tests.helpers import ROOT, run_cli, start_cli, wait_for
+from tests.test_faults import finish, has_trained, launch, log_of
 from train import apply_update
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -132,7 +139,7 @@ def test_a_run_sharing_a_gpu_starts_its_own_mps_daemon_serves_its_workers_and_st
             served = served or mps_server_running()
     assert run.wait(60) == 0, "".join(lines)
     log = "".join(lines)
-    started = re.search(r"CUDA MPS: started a daemon for 3 processes on GPU 0 \(pipe and log in (\S+)\)", log)
+    started = re.search(r"CUDA MPS: started a daemon for 3 processes on GPU 0 \(pipe and log in ([^;)\s]+)", log)
     assert started, log
     assert served, "no nvidia-cuda-mps-server ran while the workers trained"
     assert "CUDA MPS: stopped the run's daemon" in log
@@ -159,11 +166,6 @@ sys.stdin.read()
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2 or shutil.which("nvidia-smi") is None, reason="needs 2 GPUs")
 def test_a_process_on_gpu_1_creates_no_context_on_gpu_0():
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_MPS")}
     env["CUDA_MPS_PIPE_DIRECTORY"] = "/nonexistent"  # off MPS: nvidia-smi then lists the process on each GPU
     probe = subprocess.Popen(
@@ -207,3 +209,117 @@ def test_a_whole_worker_update_on_a_gpu_waits_once_per_agent_step_and_once_for_t
     waits = [w for w in caught if "synchroniz" in str(w.message)]
     # each step's actions go to the CPU for the envs (one wait); the push waits once; nothing else may
     assert len(waits) <= cfg.num_steps + 1, [str(w.message) for w in waits[:5]]
+
+
+needs_mps = pytest.mark.skipif(
+    shutil.which("nvidia-cuda-mps-control") is None or shutil.which("nvidia-smi") is None,
+    reason="needs NVIDIA's MPS tools and nvidia-smi",
+)
+
+
+def plain_uuid(uuid) -> str:
+    return str(uuid).lower().removeprefix("gpu-")
+
+
+def run_python(script: str, env: dict[str, str], timeout: float = 120) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs nvidia-smi")
+def test_the_uuids_mps_resolves_cuda_visible_devices_to_are_the_gpus_cuda_numbers_so():
+    count = torch.cuda.device_count()
+    visible = ",".join(str(i) for i in reversed(range(count)))  # every GPU, in the reverse of PCI bus order
+    out = run_python(
+        """
+        import json, torch, mps
+        uuids = [str(torch.cuda.get_device_properties(n).uuid) for n in range(torch.cuda.device_count())]
+        print(json.dumps([mps.probe().daemon_visible, uuids]))
+        """,
+        {"CUDA_VISIBLE_DEVICES": visible, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+    )
+    daemon_visible, uuids = json.loads(out)
+    assert [plain_uuid(u) for u in daemon_visible.split(",")] == [plain_uuid(u) for u in uuids]
+
+
+WORKERS_UNDER_MPS = """
+    import json, os, subprocess, sys
+    import mps
+
+    CHILD = "import torch; torch.ones(1, device='cuda'); print(torch.cuda.get_device_properties(0).uuid); input()"
+    with mps.gpu_sharing("on", {0: 2}, lambda line, warning: print(line, flush=True)) as under_mps:
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+        children = [subprocess.Popen([sys.executable, "-u", "-c", CHILD], **pipes) for _ in range(2)]
+        seen = [child.stdout.readline().strip() for child in children]
+        print("workers", json.dumps([under_mps, seen]), flush=True)
+        input()  # the test looks for the MPS server meanwhile
+        for child in children:
+            child.communicate("\\n")
+"""
+
+
+@needs_mps
+def test_under_cuda_visible_devices_the_workers_of_the_run_s_daemon_play_on_the_launcher_s_gpu():
+    if mps.daemon_owner(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", mps.DEFAULT_PIPE_DIR)) is not None:
+        pytest.skip("an MPS daemon already runs here")
+    last = torch.cuda.device_count() - 1
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(last), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    expected = run_python("import torch; print(torch.cuda.get_device_properties(0).uuid)", env).strip()
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WORKERS_UNDER_MPS)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if line.startswith("workers "):
+            break
+    served = mps_server_running()
+    out, _ = launcher.communicate("\n", timeout=60)
+    assert launcher.returncode == 0, "".join(lines) + out
+    assert "its GPUs CUDA_VISIBLE_DEVICES=GPU-" in lines[0], lines[0]
+    under_mps, seen = json.loads(lines[-1].removeprefix("workers "))
+    assert under_mps and [plain_uuid(u) for u in seen] == [plain_uuid(expected)] * 2
+    assert served, "no nvidia-cuda-mps-server ran while the workers held their contexts"
+
+
+@needs_mps
+def test_a_gpu_worker_killed_under_mps_restarts_with_its_gpu_s_processes_and_the_run_goes_on(run_dirs):
+    if mps.daemon_owner(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", mps.DEFAULT_PIPE_DIR)) is not None:
+        pytest.skip("an MPS daemon already runs here; this test is for a run that starts its own")
+    proc = launch(run_dirs, "--gpu-ids", 0, "--mps", "on")
+    assert wait_for(lambda: find_titled(proc.pid, "a3c train 1") and has_trained(run_dirs), 120), log_of(run_dirs)
+    titles = ("a3c test", "a3c train 0", "a3c train 1")
+    before = {title: find_titled(proc.pid, title) for title in titles}
+    os.kill(before["a3c train 1"][0], signal.SIGKILL)
+    line = "train1 died (killed by SIGKILL) on cuda:0 under CUDA MPS"
+    assert wait_for(lambda: line in log_of(run_dirs), 15), log_of(run_dirs)
+
+    def restarted():
+        return all(find_titled(proc.pid, t) and find_titled(proc.pid, t) != before[t] for t in titles)
+
+    assert wait_for(restarted, 60), log_of(run_dirs)  # the whole GPU's processes, new
+    updates = last_updates(run_dirs)
+    assert wait_for(lambda: last_updates(run_dirs) > updates, 60), "no training after the restart"
+    code, out = finish(proc)
+    assert code == 0, out
+    assert "restart 1 of 3" in out and "restart 2 of" not in out and "more than --max-restarts" not in out
+
+
+def last_updates(run_dirs) -> int:
+    """The updates the last progress line counts."""
+    found = re.findall(r"\| updates ([\d,]+) \|", log_of(run_dirs))
+    return int(found[-1].replace(",", "")) if found else 0
