@@ -112,7 +112,10 @@ class Config:
     )
     target_score: float | None = setting(None, "stop once the test mean reaches this score")
     target_window: int = setting(10, "test games averaged for --target-score")
-    max_restarts: int = setting(3, "restarts allowed per process before the run stops")
+    max_restarts: int = setting(
+        3,
+        "restarts allowed per process before the run stops (under CUDA MPS: per GPU, whose processes restart together)",
+    )
     max_nan_updates: int = setting(100, "non-finite updates in a row that stop the run")
     tensorboard_logger: bool = setting(False, "write TensorBoard scalars under <log-dir>/tensorboard", short="-tl")
     sync_interval: float = setting(
