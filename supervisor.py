@@ -8,8 +8,11 @@ signals, the other hosts of a multi-host run and the final save.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -21,9 +24,9 @@ import torch
 import torch.multiprocessing as mp
 
 from checkpoint import final_path, save_run
+from environment import TOOLKIT_DIR
 from metrics import reaches
 from shared import RunShared
-from tester import test_process
 from train import EXIT_NAN, train_worker
 from utils import format_duration
 
@@ -77,6 +80,18 @@ class GpuRestart:
     start_at: float | None = None  # set once all have exited
 
 
+def run_test_process(run: RunShared, incarnation: int) -> None:
+    """The test process's entry: test.py's test_process. Where the toolkit's folder comes after the standard
+    library on sys.path (a notebook that appends it), `import test` finds Python's own test package, so
+    test.py is then loaded from its file, under another name."""
+    module = sys.modules.get("test") or importlib.import_module("test")
+    if os.path.dirname(os.path.abspath(module.__file__ or "")) != TOOLKIT_DIR:
+        spec = importlib.util.spec_from_file_location("a3c_test_process", os.path.join(TOOLKIT_DIR, "test.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    module.test_process(run, incarnation)
+
+
 class ProcessGroup:
     """This host's processes by name ("test" on host 0, "train<rank>"), each restarted up to --max-restarts.
 
@@ -108,7 +123,7 @@ class ProcessGroup:
         """Start process `name`, sharing the model, optimizer, counters, flags and results."""
         incarnation = self.restarts.get(name, 0)  # a restarted process takes new seeds (Config.seed_for)
         if name == "test":
-            target, args = test_process, (self.run, incarnation)
+            target, args = run_test_process, (self.run, incarnation)
         else:
             target, args = train_worker, (int(name.removeprefix("train")), self.run, incarnation)
         process = self.ctx.Process(target=target, args=args, name=name, daemon=True)

@@ -200,7 +200,7 @@ def test_the_seed_sets_the_shared_model_s_initial_weights_and_leaves_the_caller_
 @pytest.mark.parametrize("bf16", [False, True])
 def test_test_games_act_in_the_workers_precision(bf16):
     from agent import encode
-    from tester import build_test_agent
+    from test import build_test_agent
 
     cfg = Config(env="tests.pixel_envs:Cue-v0", bf16=bf16, hidden_size=32)
     agent = build_test_agent(cfg, make_env(cfg.env, training=False), CPU, seed=1)

@@ -97,5 +97,5 @@ def run_tests(run: RunShared, logger, seed: int):
 
 
 if __name__ == "__main__":
-    print("tester.py is the launcher's test process; start training with python main.py", file=sys.stderr)
+    print("test.py is the launcher's test process; start training with python main.py", file=sys.stderr)
     sys.exit(2)
