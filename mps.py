@@ -1,10 +1,10 @@
 """CUDA MPS for A3G runs: several workers on one GPU run at once only under NVIDIA's MPS daemon.
 
-Each worker is a process with its own CUDA context, and without MPS the GPU runs one context at a time:
-16 A3G workers on one H100 ran at 3,400 frames/s that way, slower than 16 CPU workers (6,000), and at
-10,000-11,000 under MPS. So when two or more of a run's processes share a GPU, `--mps auto` uses a running daemon,
-or starts one of its own in private pipe and log directories for the length of the run; where that
-cannot be done it says so in one line and trains without. `--mps on` makes that an error before any
+Each worker is a process with its own CUDA context, and without MPS the GPU runs one context at a time, so
+A3G workers sharing a GPU are slower than as many CPU workers (docs/benchmarks.md has the figures). So when
+two or more of a run's processes share a GPU, `--mps auto` uses a running daemon, or starts one of its own
+in private pipe and log directories for the length of the run; where that cannot be done it says so in one
+line and trains without. `--mps on` makes that an error before any
 worker starts; `--mps off` keeps the workers off any daemon.
 
 MPS clients must not narrow the GPUs again (NVIDIA: CUDA_VISIBLE_DEVICES "should not be set in the client's
@@ -41,7 +41,7 @@ VISIBLE = "CUDA_VISIBLE_DEVICES"
 ROOT_UID = 0  # NVIDIA's multi-user setup: root's daemon starts a server for whichever user connects
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 60.0
-COST = "they take turns on it (16 A3G workers on one H100: 3,400 frames/s without MPS, 10,000-11,000 with)"
+COST = "they take turns on it instead of running at once (README: A3G and MPS)"
 START_IT = f"start it with `{CONTROL} -d` as a user allowed to (root or the GPU's owner)"
 
 
