@@ -88,9 +88,6 @@ class Config:
         choices=MPS_MODES,
     )
     envs_per_worker: int = setting(1, "environments each worker steps with one batched forward")
-    textbook: bool = setting(
-        False, "per-step autograd forward as the classic tool does (the baseline bench.py compares with)"
-    )
     channels_last: bool = setting(True, "channels-last memory layout for the convolutions")
     bf16: bool = setting(False, "bfloat16 autocast for the convolutions")
     replay_convs: bool = setting(
@@ -129,6 +126,7 @@ class Config:
         "multi-host runs: apply the mean or the sum of the hosts' weight changes at each sync",
         choices=("mean", "sum"),
     )
+    textbook: bool = False  # benchmarks/bench.py's baseline: every step keeps its autograd graph (train.Textbook)
     host: int = 0  # this host's rank in a multi-host run (set from torchrun's environment, not a flag)
     hosts: int = 1
 
@@ -138,10 +136,12 @@ class Config:
         return torch.device("cpu") if gpu < 0 else torch.device("cuda", gpu)
 
     @property
-    def replays_convs(self) -> bool:
-        """Whether acting keeps no autograd graph and the update recomputes the convolutions: --replay-convs,
-        or --cuda-graph, whose captured forward cannot keep one."""
-        return self.replay_convs or self.cuda_graph
+    def acting_path(self) -> str:
+        """The worker's acting path (train.ACTING_PATHS): "textbook" (benchmarks' baseline), "replay"
+        (--replay-convs, or --cuda-graph, whose captured forward keeps no autograd graph), else "fast"."""
+        if self.textbook:
+            return "textbook"
+        return "replay" if self.replay_convs or self.cuda_graph else "fast"
 
     def seed_for(self, slot: int, incarnation: int = 0) -> int:
         """The first seed of process `slot` (workers 0..workers-1, the test process: workers); its env i takes
@@ -258,8 +258,8 @@ def check_values(cfg: Config) -> None:
     if cfg.amsgrad and cfg.optimizer != "Adam":
         raise UsageError(f"--amsgrad is a variant of Adam: drop it, or pass --optimizer Adam (got {cfg.optimizer})")
     check_gpus(cfg.gpu_ids)
-    if cfg.textbook and cfg.replays_convs:
-        raise UsageError("--textbook keeps each step's autograd graph; drop --replay-convs and --cuda-graph")
+    if cfg.textbook and (cfg.replay_convs or cfg.cuda_graph):
+        raise UsageError("the textbook path keeps each step's autograd graph: drop --replay-convs and --cuda-graph")
     if cfg.cuda_graph and -1 in cfg.gpu_ids:
         raise UsageError("--cuda-graph captures the acting forward on a GPU: pass --gpu-ids with GPU ids too")
 

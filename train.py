@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -76,51 +75,85 @@ def a3c_loss(logits, values, actions, returns, advantages, entropy_coef: float, 
     return Losses(policy + value_coef * value, policy, value, entropy.mean())
 
 
-# ---------------------------------------------------------------- rollouts
+# ---------------------------------------------------------------- rollouts and acting paths
 
 
 @dataclass
 class Rollout:
-    features: torch.Tensor | None  # [T, K, 1024] with the convolutions' graph (None: recomputed from frames)
-    frames: torch.Tensor | None  # [T, K, C, H, W] the frames acted on, kept where the features are recomputed
+    kept: tuple[torch.Tensor, ...]  # what the acting path kept of each step, stacked: [T, K, ...] each
     starts: torch.Tensor  # [T, K] 1.0 where the LSTM state was zeroed before step t
     actions: torch.Tensor  # [T, K]
     rewards: torch.Tensor  # [T, K], truncation bootstrap folded in
     dones: torch.Tensor  # [T, K]
     state: tuple  # LSTM (hx, cx) before step 0
     bootstrap: torch.Tensor  # [K] critic value after the last step
-    values: torch.Tensor | None = None  # [T, K] with graph (textbook mode)
-    logits: torch.Tensor | None = None  # [T, K, A] with graph (textbook mode)
 
 
-def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, replay_convs: bool = False) -> Rollout:
-    """Play `steps` steps in every env, sampling actions.
+class KeepConvGraphs:
+    """The default acting path: each step's convolutions keep their autograd graph, so that the update
+    backpropagates through the forward pass that chose the action instead of computing it again; the LSTM and
+    the heads act without autograd, and A3Clstm.unroll replays them over the kept features in one batched pass."""
 
-    Fast path: each step's convolutions keep their autograd graph, so the update backpropagates
-    through the forward pass that chose the action instead of computing it again; the LSTM and the
-    heads act without autograd and `A3Clstm.unroll` replays them over the stored features in one
-    batched pass. `replay_convs`: acting keeps no graph at all (so a CUDA-graphed agent can replay
-    its graph) and the update recomputes the convolutions over the stored frames in one batched
-    pass: the same weights and frames, so the same loss, with fewer and larger kernels. Textbook
-    path: every step keeps its whole graph, as the classic tool does.
-    """
+    name = "fast"
+
+    def act(self, agent: Agent) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        features = agent.encode()
+        with torch.no_grad():
+            action, _, _ = agent.act(greedy=False, features=features)
+        return action, (features,)
+
+    def values_and_logits(self, model: A3Clstm, rollout: Rollout, bf16: bool):
+        return model.unroll(rollout.kept[0], rollout.state, rollout.starts)
+
+
+class ReplayConvs:
+    """--replay-convs (and --cuda-graph, whose captured forward keeps no graph): acting keeps no autograd graph;
+    the update recomputes the convolutions over the kept frames in one batched pass (the same weights and
+    frames, so the same loss) with fewer, larger kernels, then unrolls the LSTM as the default path does."""
+
+    name = "replay"
+
+    def act(self, agent: Agent) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        frames = agent.obs
+        with torch.no_grad():
+            action, _, _ = agent.act(greedy=False)
+        return action, (frames,)
+
+    def values_and_logits(self, model: A3Clstm, rollout: Rollout, bf16: bool):
+        frames = rollout.kept[0]
+        steps, k = frames.shape[:2]
+        features = encode(model, frames.flatten(0, 1), bf16).view(steps, k, -1)
+        return model.unroll(features, rollout.state, rollout.starts)
+
+
+class Textbook:
+    """The classic tool's path, the baseline benchmarks/bench.py measures the others against: every step keeps
+    its whole autograd graph (convolutions, LSTM cell, heads), and the update backpropagates through them all."""
+
+    name = "textbook"
+
+    def act(self, agent: Agent) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        features = agent.encode()
+        action, value, logits = agent.act(greedy=False, features=features)
+        return action, (features, value, logits)
+
+    def values_and_logits(self, model: A3Clstm, rollout: Rollout, bf16: bool):
+        return rollout.kept[1:]
+
+
+ACTING_PATHS = {path.name: path for path in (KeepConvGraphs(), ReplayConvs(), Textbook())}
+
+
+def collect_rollout(agent: Agent, steps: int, gamma: float, path=ACTING_PATHS["fast"]) -> Rollout:
+    """Play `steps` steps in every env, sampling actions, along acting path `path`."""
     agent.detach_state()
     device = agent.device
     state = agent.state
-    starts, actions, rewards, dones = [], [], [], []  # stacked once at the end: one copy each, not one per step
-    frames, features, values, logits = [], [], [], []
-    for t in range(steps):
+    starts, actions, rewards, dones, kept = [], [], [], [], []  # stacked once at the end: one copy each
+    for _ in range(steps):
         starts.append(agent.starts)
-        if replay_convs:
-            frames.append(agent.obs)
-            with torch.no_grad():
-                action, _, _ = agent.act(greedy=False)
-        else:
-            features.append(agent.encode())
-            with nullcontext() if textbook else torch.no_grad():
-                action, value, step_logits = agent.act(greedy=False, features=features[t])
-            values.append(value)
-            logits.append(step_logits)
+        action, step_kept = path.act(agent)
+        kept.append(step_kept)
         actions.append(action)
         result = agent.step(action)
         for index, frame in result.final_obs.items():
@@ -129,9 +162,8 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, repl
         dones.append(result.terminated | result.truncated)
     with torch.no_grad():
         bootstrap, _, _ = agent.forward()
-    rollout = Rollout(
-        features=None if replay_convs else torch.stack(features),
-        frames=torch.stack(frames) if replay_convs else None,
+    return Rollout(
+        kept=tuple(torch.stack(column) for column in zip(*kept)),
         starts=torch.stack(starts),
         actions=torch.stack(actions),
         rewards=torch.from_numpy(np.stack(rewards)).to(device),
@@ -139,25 +171,10 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, textbook: bool, repl
         state=state,
         bootstrap=bootstrap,
     )
-    if textbook:
-        rollout.values, rollout.logits = torch.stack(values), torch.stack(logits)
-    return rollout
 
 
-def rollout_features(model: A3Clstm, rollout: Rollout, bf16: bool) -> torch.Tensor:
-    """The rollout's convolutional features [T, K, 1024] with their graph: stored, or recomputed in one pass."""
-    if rollout.frames is None:
-        return rollout.features
-    steps, k = rollout.frames.shape[:2]
-    return encode(model, rollout.frames.flatten(0, 1), bf16).view(steps, k, -1)
-
-
-def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config) -> Losses:
-    if rollout.values is None:
-        features = rollout_features(model, rollout, cfg.bf16)
-        values, logits = model.unroll(features, rollout.state, rollout.starts)
-    else:
-        values, logits = rollout.values, rollout.logits
+def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config, path=ACTING_PATHS["fast"]) -> Losses:
+    values, logits = path.values_and_logits(model, rollout, cfg.bf16)
     returns = n_step_returns(rollout.rewards, rollout.dones, rollout.bootstrap, cfg.gamma)
     advantages = gae(rollout.rewards, values.detach(), rollout.dones, rollout.bootstrap, cfg.gamma, cfg.tau)
     return a3c_loss(logits, values, rollout.actions, returns, advantages, cfg.entropy_coef, cfg.value_coef)
@@ -201,12 +218,11 @@ def train_worker(rank: int, run: RunShared, incarnation: int = 0):
 class Worker:
     """One worker's envs, model, agent and link to the shared model; `update` is one turn of its loop."""
 
-    PHASES = ("pull weights", "act + env", "losses", "backward + optimizer")
-
     def __init__(self, rank: int, run: RunShared, seed: int | None = None):
         cfg = self.cfg = run.cfg
         self.rank, self.run = rank, run
         self.device = cfg.device_for(rank)
+        self.path = ACTING_PATHS[cfg.acting_path]
         envs = [make_env_for(cfg) for _ in range(cfg.envs_per_worker)]
         self.model = build_model(envs[0].action_space.n, cfg, self.device)
         self.optimizer = run.optimizer or make_optimizer(
@@ -224,19 +240,23 @@ class Worker:
         self.steps = cfg.steps_for(rank)
         self.frames_per_rollout = round(self.steps * len(envs) * frames_per_step(envs[0]))
 
-    def update(self, lap=lambda phase: None) -> tuple[bool, Losses]:
-        """Pull the weights, play a rollout, push its gradients; whether the update was finite, and its losses.
-        `lap(phase)` is called as each phase of Worker.PHASES ends (bench.py times them with it)."""
-        cfg = self.cfg
+    def update(self) -> tuple[bool, Losses]:
+        """Pull the weights, play a rollout, push its gradients; whether the update was finite, and its losses."""
+        self.pull()
+        losses = self.losses(self.act())
+        return self.learn(losses), losses
+
+    def pull(self) -> None:
         self.link.pull()
-        lap(self.PHASES[0])
-        rollout = collect_rollout(self.agent, self.steps, cfg.gamma, cfg.textbook, cfg.replays_convs)
-        lap(self.PHASES[1])
-        losses = rollout_losses(self.model, rollout, cfg)
-        lap(self.PHASES[2])
-        applied = apply_update(self.model, self.link, self.optimizer, losses.total, cfg.max_grad_norm)
-        lap(self.PHASES[3])
-        return applied, losses
+
+    def act(self) -> Rollout:
+        return collect_rollout(self.agent, self.steps, self.cfg.gamma, self.path)
+
+    def losses(self, rollout: Rollout) -> Losses:
+        return rollout_losses(self.model, rollout, self.cfg, self.path)
+
+    def learn(self, losses: Losses) -> bool:
+        return apply_update(self.model, self.link, self.optimizer, losses.total, self.cfg.max_grad_norm)
 
     def close(self) -> None:
         self.agent.close()

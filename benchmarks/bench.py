@@ -99,12 +99,27 @@ def measure(cfg: Config, num_actions: int, warmup: float, duration: float) -> di
     }
 
 
+PHASES = ("pull weights", "act + env", "losses", "backward + optimizer")  # Worker.update's steps, in order
+
+
+def update_by_phases(worker: Worker, lap) -> None:
+    """Worker.update, its steps one by one, calling `lap(phase)` as each of PHASES ends."""
+    worker.pull()
+    lap(PHASES[0])
+    rollout = worker.act()
+    lap(PHASES[1])
+    losses = worker.losses(rollout)
+    lap(PHASES[2])
+    worker.learn(losses)
+    lap(PHASES[3])
+
+
 class PhaseClock:
-    """The `lap` hook of Worker.update: adds the time since the previous lap to the phase that just ended.
+    """A `lap` of update_by_phases: adds the time since the previous lap to the phase that just ended.
     On a GPU each lap first waits for the device, so that a phase's queued kernels count in that phase."""
 
     def __init__(self, device: torch.device):
-        self.totals = dict.fromkeys(Worker.PHASES, 0.0)
+        self.totals = dict.fromkeys(PHASES, 0.0)
         self.counting = False
         self.wait = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else lambda: None
         self.last = time.perf_counter()
@@ -133,7 +148,7 @@ class OpCount(TorchDispatchMode):
 
 
 class PhaseOps:
-    """The `lap` hook of Worker.update that counts each phase's operations (views excluded: they launch nothing)."""
+    """A `lap` of update_by_phases that counts each phase's operations (views excluded: they launch nothing)."""
 
     VIEWS = frozenset(
         (
@@ -158,7 +173,7 @@ class PhaseOps:
     )
 
     def __init__(self):
-        self.totals = dict.fromkeys(Worker.PHASES, 0)
+        self.totals = dict.fromkeys(PHASES, 0)
         self.mode = OpCount()
 
     def start(self) -> None:
@@ -168,7 +183,7 @@ class PhaseOps:
     def __call__(self, phase: str) -> None:
         self.mode.__exit__(None, None, None)
         self.totals[phase] += sum(n for name, n in self.mode.ops.items() if name not in self.VIEWS)
-        if phase != Worker.PHASES[-1]:
+        if phase != PHASES[-1]:
             self.start()
 
 
@@ -182,11 +197,11 @@ def phase_times(cfg: Config, num_actions: int, updates: int, count_updates: int 
     clock, warmup = PhaseClock(worker.device), 5
     for update in range(warmup + updates):
         clock.start(counting=update >= warmup)
-        worker.update(clock)
+        update_by_phases(worker, clock)
     ops = PhaseOps()
     for _ in range(count_updates):
         ops.start()
-        worker.update(ops)
+        update_by_phases(worker, ops)
     worker.close()
     steps = updates * worker.steps
     return {
@@ -197,7 +212,7 @@ def phase_times(cfg: Config, num_actions: int, updates: int, count_updates: int 
 
 def print_phases(variants: dict, num_actions: int, updates: int, counted: int = 3) -> dict:
     phases = {name: phase_times(cfg, num_actions, updates, counted) for name, cfg in variants.items()}
-    names = list(Worker.PHASES)
+    names = list(PHASES)
     for key, what, digits in (("ms", "ms", 2), ("ops", "operations dispatched (views excluded)", 1)):
         print(f"\none worker, {what} per agent step ({updates} updates timed after 5 of warm-up, {counted} counted):")
         print("| variant | " + " | ".join(names) + " | total |")

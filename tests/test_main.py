@@ -116,13 +116,13 @@ def test_pipeline_learns_a_memory_task(run_dirs):
 
 def test_other_flags_take_effect_end_to_end(run_dirs):
     """Batched envs and per-rank rollout lengths (frames per update), shared RMSprop (its statistics saved),
-    --save-max, sampled test games; then textbook, no channels-last, private optimizers (none saved)."""
+    --save-max, sampled test games; then no channels-last, private optimizers (none saved)."""
     runs = (
         [
             *("--envs-per-worker", 2, "--distributed-step-size", 5, 10, "--optimizer", "RMSprop"),
             *("--save-max", "--test-stochastic", "--max-steps", 1500),
         ],
-        ["--textbook", "--channels-last", "False", "--shared-optimizer", "False", "--load", "--max-steps", 3000],
+        ["--channels-last", "False", "--shared-optimizer", "False", "--load", "--max-steps", 3000],
     )
     for extra in runs:
         result = run_cli(
@@ -142,7 +142,7 @@ def test_other_flags_take_effect_end_to_end(run_dirs):
             state = next(iter(last.optimizer["state"].values()))
             assert "square_avg" in state and "exp_avg" not in state  # RMSprop's statistics, not Adam's
             assert load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0.dat")).best_score is not None
-    assert last.frames >= 3000 and last.args["textbook"] and last.optimizer is None
+    assert last.frames >= 3000 and not last.args["channels_last"] and last.optimizer is None
 
 
 def test_tensorboard_scalars(run_dirs):

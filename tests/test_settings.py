@@ -28,7 +28,7 @@ def test_every_setting_but_the_host_s_place_is_a_flag_with_config_s_default():
     from main import parse_config
 
     flags = [f.name for f in fields(Config) if "help" in f.metadata]
-    assert flags == [f.name for f in fields(Config) if f.name not in ("host", "hosts")]
+    assert flags == [f.name for f in fields(Config) if f.name not in ("textbook", "host", "hosts")]
     from settings import default_workers
 
     assert parse_config([]) == Config(workers=default_workers((-1,)))
@@ -51,10 +51,10 @@ def test_acting_without_autograd_is_checked_against_the_textbook_path_and_the_cp
     from settings import check_values
     from utils import UsageError
 
-    assert not Config().replays_convs
-    assert parse_config(["--replay-convs"]).replays_convs and Config(cuda_graph=True).replays_convs
+    assert Config().acting_path == "fast" and Config(textbook=True).acting_path == "textbook"
+    assert parse_config(["--replay-convs"]).acting_path == Config(cuda_graph=True).acting_path == "replay"
     check_values(Config(replay_convs=True))
-    with pytest.raises(UsageError, match="^--textbook keeps each step's autograd graph; drop --replay-convs"):
+    with pytest.raises(UsageError, match="^the textbook path keeps each step's autograd graph: drop --replay-convs"):
         check_values(Config(textbook=True, replay_convs=True))
     with pytest.raises(UsageError, match="^--cuda-graph captures the acting forward on a GPU: pass --gpu-ids"):
         check_values(Config(cuda_graph=True))

@@ -1,5 +1,7 @@
 """The worker's update: gradient hand-off on every update, fast path == textbook path, non-finite drops."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from environment import make_env
 from model import A3Clstm
 from settings import Config
 from shared import SharedLink
-from train import apply_update, collect_rollout, rollout_losses
+from train import ACTING_PATHS, apply_update, collect_rollout, rollout_losses
 
 CPU = torch.device("cpu")
 
@@ -65,17 +67,17 @@ def test_batched_replay_gives_the_textbook_gradient():
     model = A3Clstm(1, 2, 32)
     envs = [make_env(cfg.env, max_episode_length=15) for _ in range(2)]
     agent = Agent(model, envs, CPU, seed=5)
-    collect_rollout(agent, 6, cfg.gamma, textbook=False)  # start mid-episode with a live LSTM state
-    rollout = collect_rollout(agent, 25, cfg.gamma, textbook=True)  # crosses episode ends
+    collect_rollout(agent, 6, cfg.gamma)  # start mid-episode with a live LSTM state
+    rollout = collect_rollout(agent, 25, cfg.gamma, ACTING_PATHS["textbook"])  # crosses episode ends
     assert rollout.dones.sum() >= 2 and rollout.starts.sum() >= 2
 
-    textbook = rollout_losses(model, rollout, cfg)
+    textbook = rollout_losses(model, rollout, cfg, ACTING_PATHS["textbook"])
     model.zero_grad()
     textbook.total.backward(retain_graph=True)  # the fast loss below backpropagates through the same convolutions
     textbook_grads = [p.grad.clone() for p in model.parameters()]
 
-    rollout.values = rollout.logits = None
-    fast = rollout_losses(model, rollout, cfg)
+    fast_rollout = replace(rollout, kept=rollout.kept[:1])  # the same steps' features, as the fast path keeps them
+    fast = rollout_losses(model, fast_rollout, cfg, ACTING_PATHS["fast"])
     model.zero_grad()
     fast.total.backward()
     torch.testing.assert_close(fast.total, textbook.total, atol=1e-4, rtol=1e-5)
@@ -91,12 +93,13 @@ def test_recomputed_convolutions_give_the_same_rollout_loss_and_gradient():
     model = A3Clstm(1, 2, 32)
     results = {}
     for replay_convs in (False, True):
+        path = ACTING_PATHS["replay" if replay_convs else "fast"]
         agent = Agent(model, [make_env(cfg.env, max_episode_length=15) for _ in range(2)], CPU, seed=5)
         torch.manual_seed(1)
-        collect_rollout(agent, 6, cfg.gamma, textbook=False, replay_convs=replay_convs)
-        rollout = collect_rollout(agent, 25, cfg.gamma, textbook=False, replay_convs=replay_convs)
-        assert (rollout.frames is None) != replay_convs and (rollout.features is None) == replay_convs
-        losses = rollout_losses(model, rollout, cfg)
+        collect_rollout(agent, 6, cfg.gamma, path)
+        rollout = collect_rollout(agent, 25, cfg.gamma, path)
+        assert rollout.kept[0].shape[2:] == ((1, 80, 80) if replay_convs else (1024,))  # frames, or features
+        losses = rollout_losses(model, rollout, cfg, path)
         model.zero_grad()
         losses.total.backward()
         results[replay_convs] = rollout, losses.total, [p.grad.clone() for p in model.parameters()]
@@ -113,7 +116,7 @@ def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
     model = A3Clstm(1, 2, 32)
     torch.manual_seed(0)
     truncating = Agent(model, [make_env(cfg.env, max_episode_length=3, training=False)], CPU, seed=1)
-    rollout = collect_rollout(truncating, 3, cfg.gamma, textbook=False)
+    rollout = collect_rollout(truncating, 3, cfg.gamma)
     assert rollout.dones[2, 0] == 1
 
     torch.manual_seed(0)  # the same game step by step: r + gamma * V(final frame, LSTM state after the step)
@@ -129,7 +132,7 @@ def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
     assert abs(float(value)) > 1e-4, "a zero critic would not tell a bootstrap from none"
 
     terminating = Agent(model, [make_env(cfg.env, max_episode_length=100, training=False)], CPU, seed=1)
-    rollout = collect_rollout(terminating, 20, cfg.gamma, textbook=False)
+    rollout = collect_rollout(terminating, 20, cfg.gamma)
     assert rollout.dones[19, 0] == 1 and rollout.rewards[19, 0] in (0.0, 1.0)
 
 
