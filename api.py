@@ -23,10 +23,10 @@ from agent import Agent
 from checkpoint import Checkpoint, check_fits, final_path, load_checkpoint, preprocessing_warning
 from environment import make_env_for
 from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval, trained_skip_rate
-from launcher import build_run, check_limits, keep_previous_run, load_resume, prepare, resume_path, under_torchrun
 from metrics import read_metrics, setup_logger
 from model import A3Clstm
 from mps import gpu_sharing, shared_gpus
+from run_setup import build_run, check_limits, keep_previous_run, load_resume, prepare, resume_path, under_torchrun
 from settings import Config, check_values, usable_cpus
 from supervisor import Supervisor, stop_signals
 from utils import UsageError

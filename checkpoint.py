@@ -17,8 +17,8 @@ import torch
 from utils import UsageError, first_line
 
 if TYPE_CHECKING:
+    from run_state import RunShared
     from settings import Config
-    from shared import RunShared
 
 CHECKPOINT_FORMAT = 1
 # The frame pipeline of environment.make_env that checkpoints record: rl_a3c_pytorch's, step for step.

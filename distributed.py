@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 
 from checkpoint import Checkpoint
+from run_state import RunShared
 from settings import Config, seed_block
-from shared import RunShared
 from utils import UsageError, first_line
 
 # What must be the same on every host, or the collectives would not fit or the hosts would learn apart.

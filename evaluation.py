@@ -23,8 +23,8 @@ from agent import Agent, play_game
 from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
+from process import use_device
 from settings import Config, check_gpus, same_setting, setting
-from shared import use_device
 from utils import UsageError, safe_name
 
 ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
@@ -189,7 +189,7 @@ def play_all(cfg: EvalConfig, weights: dict):
     """Yield game results in game order, from this process or from a pool of --workers processes."""
     if cfg.workers == 1:
         with one_thread(), torch.cuda.device(cfg.device) if cfg.device.type == "cuda" else nullcontext():
-            player = make_player(cfg, weights)  # on its GPU as the current device: see shared.use_device
+            player = make_player(cfg, weights)  # on its GPU as the current device: see process.use_device
             yield from (play_one(player, index) for index in range(cfg.num_episodes))
         return
     ctx = mp.get_context("spawn")

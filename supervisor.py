@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from checkpoint import final_path, save_run
 from environment import TOOLKIT_DIR
 from metrics import reaches
-from shared import RunShared
+from run_state import RunShared
 from train import EXIT_NAN, train_worker
 from utils import format_duration
 

@@ -10,9 +10,11 @@ import time
 from agent import Agent, play_game
 from checkpoint import save_run, saves_test_game
 from environment import make_env_for
+from hogwild import SharedLink
 from metrics import append_metrics, plot_metrics, setup_logger, tensorboard_writer
+from process import build_model, init_process
+from run_state import RunShared
 from settings import Config
-from shared import RunShared, SharedLink, build_model, init_process
 from utils import format_duration
 
 

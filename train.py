@@ -15,10 +15,12 @@ import torch.nn.functional as F
 
 from agent import Agent, encode
 from environment import frames_per_step, make_env_for
+from hogwild import SharedLink
 from metrics import setup_logger, tensorboard_writer
 from model import A3Clstm
+from process import build_model, init_process
+from run_state import RunShared
 from settings import Config
-from shared import RunShared, SharedLink, build_model, init_process
 from shared_optim import make_optimizer
 
 EXIT_NAN = 3

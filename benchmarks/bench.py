@@ -38,10 +38,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cli import Parser, add_config_flags, add_run_flags, run_command
 from environment import describe_env
-from launcher import build_run
 from mps import gpu_sharing, shared_gpus
+from process import use_device
+from run_setup import build_run
+from run_state import Counters
 from settings import Config, check_values
-from shared import Counters, use_device
 from train import Worker, train_worker
 from utils import UsageError
 

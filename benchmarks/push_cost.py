@@ -17,9 +17,9 @@ import torch
 from benchmarks.bench import phase_times
 from cli import Parser, run_command
 from environment import describe_env
+from hogwild import SharedLink
 from model import A3Clstm
 from settings import Config
-from shared import SharedLink
 
 
 def ms_per_call(fn, calls: int) -> float:

@@ -16,9 +16,9 @@ import mps
 from agent import Agent
 from checkpoint import load_checkpoint
 from environment import make_env
+from hogwild import SharedLink
 from model import A3Clstm
 from proctree import find_titled
-from shared import SharedLink
 from tests.helpers import ROOT, run_cli, start_cli, wait_for
 from tests.test_faults import finish, has_trained, launch, log_of
 from train import apply_update
@@ -149,7 +149,8 @@ def test_a_run_sharing_a_gpu_starts_its_own_mps_daemon_serves_its_workers_and_st
 ON_GPU_1 = """
 import sys, torch
 from model import A3Clstm
-from shared import SharedLink, init_process
+from hogwild import SharedLink
+from process import init_process
 from train import apply_update
 gpu = torch.device("cuda", 1)
 init_process("a3c gpu-1 probe", 1, gpu)
@@ -190,7 +191,7 @@ def test_a_process_on_gpu_1_creates_no_context_on_gpu_0():
 def test_a_whole_worker_update_on_a_gpu_waits_once_per_agent_step_and_once_for_the_push():
     import warnings
 
-    from launcher import build_run
+    from run_setup import build_run
     from settings import Config
     from train import Worker
 

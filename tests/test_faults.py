@@ -239,7 +239,7 @@ def test_resuming_with_another_optimizer_keeps_the_weights_and_a_new_lr_takes_ef
     from dataclasses import replace
 
     from checkpoint import save_run
-    from launcher import build_run
+    from run_setup import build_run
     from train import Worker
 
     cfg = Config(env=CUE, hidden_size=32, workers=1, num_steps=5, log_dir=str(tmp_path))

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from launcher import build_run
+from run_setup import build_run
 from settings import Config
 from supervisor import EXIT_FAILED, ProcessGroup
 

@@ -7,9 +7,9 @@ import torch
 
 from agent import Agent
 from environment import make_env
+from hogwild import SharedLink
 from model import A3Clstm
 from settings import Config
-from shared import SharedLink
 from train import ACTING_PATHS, apply_update, collect_rollout, rollout_losses
 
 CPU = torch.device("cpu")
@@ -138,7 +138,7 @@ def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
 
 @pytest.mark.parametrize("replay_convs", [False, True])
 def test_bf16_convolutions_train_a_few_finite_updates(replay_convs):
-    from launcher import build_run
+    from run_setup import build_run
     from train import Worker
 
     cfg = Config(
@@ -163,7 +163,7 @@ def test_bf16_convolutions_train_a_few_finite_updates(replay_convs):
 
 
 def test_a_worker_clips_to_max_grad_norm_and_lays_out_its_model_as_asked():
-    from launcher import build_run
+    from run_setup import build_run
     from train import Worker
 
     for channels_last in (True, False):
@@ -188,7 +188,7 @@ def test_a_worker_clips_to_max_grad_norm_and_lays_out_its_model_as_asked():
 
 
 def test_the_seed_sets_the_shared_model_s_initial_weights_and_leaves_the_caller_s_random_state():
-    from launcher import build_run
+    from run_setup import build_run
 
     def weights(seed):
         return [p.detach().clone() for p in build_run(Config(seed=seed), 6, None, logger=None).model.parameters()]

@@ -7,7 +7,7 @@ import torch
 from checkpoint import PREPROCESSING, Checkpoint, save_checkpoint
 from metrics import moving_average
 from model import A3Clstm
-from shared import Counters, GameResults, StopFlag
+from run_state import Counters, GameResults, StopFlag
 from tests.helpers import run_cli
 
 
@@ -70,7 +70,7 @@ def test_export_writes_a_bare_state_dict_the_classic_tool_loads(tmp_path):
 
 
 def test_max_time_counts_the_training_time_the_run_resumed_with():
-    from launcher import build_run
+    from run_setup import build_run
     from settings import Config
     from supervisor import RunMonitor
 

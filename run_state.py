@@ -1,10 +1,8 @@
-"""What the processes of a run share: counters, the stop flag, test results, and the link from a
-process's own model to the shared one; and the setup every process does first."""
+"""What the processes of a run share, lock-free: counters, the stop flag, test results, the clock, and the
+shared model and optimizer (RunShared, handed to each process as one object)."""
 
 from __future__ import annotations
 
-import math
-import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,34 +13,6 @@ from model import A3Clstm
 
 if TYPE_CHECKING:
     from settings import Config
-
-
-def init_process(title: str, seed: int, device: torch.device) -> None:
-    """Per-process setup: a name in ps/top, one intra-op thread, Ctrl-C and hang-up left to the launcher, a seed,
-    and the process's GPU as its current device (use_device)."""
-    from setproctitle import setproctitle
-
-    setproctitle(title)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
-    torch.manual_seed(seed)
-    use_device(device)
-
-
-def use_device(device: torch.device) -> None:
-    """Make a GPU process's device its current one before anything touches CUDA. Whatever uses the current
-    device (pinned memory, a synchronize or graph capture without a device, cuBLAS handles) would otherwise
-    create a context on GPU 0: with --gpu-ids 0 1 2 3, GPU 0 would carry one (and an MPS client) per process."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
-
-def build_model(num_actions: int, cfg: Config, device: torch.device) -> A3Clstm:
-    """A process-local model; channels-last makes the convolutions markedly faster on CPUs (same numbers)."""
-    model = A3Clstm(1, num_actions, cfg.hidden_size).to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 class Counters:
@@ -141,45 +111,6 @@ class GameResults:
         start = max(seen, n - len(self.rows))
         rows = [self.rows[i % len(self.rows)].tolist() for i in range(start, n)]
         return [(reward, int(length)) for reward, length in rows], n
-
-
-class SharedLink:
-    """Copies shared weights into the worker's model and the worker's gradients into the shared model.
-
-    Gradients are copied into this worker's own CPU buffers (pinned when the model is on a GPU)
-    and handed to the shared parameters on every update. The classic alias-once pattern breaks on
-    torch >= 2.0, where zero_grad() drops the grad tensors the shared model still points at.
-    """
-
-    def __init__(self, shared: A3Clstm, local: A3Clstm, device: torch.device):
-        self.shared = list(shared.parameters())
-        self.local = list(local.parameters())
-        self.device = device
-        self.pin = device.type == "cuda"
-        self.grads: list[torch.Tensor] = []  # allocated on the first push: the test process never pushes
-        self.norm: torch.Tensor | None = None
-
-    def pull(self) -> None:
-        with torch.no_grad():
-            for local, shared in zip(self.local, self.shared):
-                local.copy_(shared)
-
-    def push(self, norm: torch.Tensor) -> float:
-        """Hand the gradients to the shared model unless `norm` (their total norm) is not finite; returns it as
-        a float. From a GPU all copies, the norm's too, are queued without waiting, then one wait."""
-        if not self.grads:
-            self.grads = [torch.zeros(p.shape, pin_memory=self.pin) for p in self.shared]
-            self.norm = torch.zeros((), pin_memory=self.pin)
-        for buffer, local, shared in zip(self.grads, self.local, self.shared):
-            shared.grad = None if local.grad is None else buffer.copy_(local.grad, non_blocking=self.pin)
-        self.norm.copy_(norm, non_blocking=self.pin)
-        if self.pin:
-            torch.cuda.synchronize(self.device)
-        value = float(self.norm)
-        if not math.isfinite(value):
-            for shared in self.shared:
-                shared.grad = None
-        return value
 
 
 @dataclass(frozen=True)

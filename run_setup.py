@@ -1,5 +1,5 @@
 """A training run's setup: the checks before any process starts, the earlier run's files kept aside, and
-what the processes share (`shared.RunShared`: the shared model and optimizer, resumed from a checkpoint).
+what the processes share (`run_state.RunShared`: the shared model and optimizer, resumed from a checkpoint).
 supervisor.py runs it."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env
 from model import A3Clstm
+from run_state import Counters, GameResults, RunClock, RunShared, StopFlag
 from settings import Config
-from shared import Counters, GameResults, RunClock, RunShared, StopFlag
 from shared_optim import make_optimizer
 from utils import UsageError
 
