@@ -73,16 +73,33 @@ def shipped() -> list[dict]:
     return models
 
 
+# rl_a3c_pytorch's README: its best 100-game mean on gym's ids (-v0: sticky actions, random frame skip 2-4).
+CLASSIC = {
+    "Pong": "20.96 ± 0.02 (Pong-v0)",
+    "Breakout": "739.30 ± 18.43 (Breakout-v0)",
+    "SpaceInvaders": "5808.45 ± 337.28 (SpaceInvaders-v0)",
+    "BeamRider": "8441.22 ± 221.24 (BeamRider-v0)",
+    "MsPacman": "6323.01 ± 116.91 (MsPacman-v0)",
+    "Seaquest": "54203.50 ± 1509.85 (Seaquest-v0)",
+}
+
+
+def classic_figure(env: str) -> str:
+    """The classic's published figure for env's game, with the id it was measured on; "-" where it has none."""
+    game = env.removeprefix("ALE/").split("NoFrameskip")[0].split("Deterministic")[0].split("-v")[0]
+    return CLASSIC.get(game, "-")
+
+
 def table(models: list[dict]) -> str:
     lines = [
-        "| game | score (mean ± std) | games | frames | training time | hardware |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+        "| game | score (mean ± std) | games | frames | training time | hardware | the classic's (its id) |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for m in models:
         e = m["evaluation"]
         lines.append(
             f"| {m['env']} | {e['mean']:.2f} ± {e['std']:.2f} | {e['games']} | {m['frames'] / 1e6:.2f} M "
-            f"| {m['training_seconds'] / 60:.0f} min | {m['hardware']} |"
+            f"| {m['training_seconds'] / 60:.0f} min | {m['hardware']} | {classic_figure(m['env'])} |"
         )
     return "\n".join(lines)
 
