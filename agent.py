@@ -1,4 +1,5 @@
-"""The agent: a model acting in K environments. Training, testing and evaluation all step through it."""
+"""The agent: the recurrent policy (Agent) acting in K environments (EnvBatch). Training, testing and evaluation
+all step through it; the network's step is one function, policy_step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from model import A3Clstm
 
@@ -17,6 +19,16 @@ def encode(model: A3Clstm, frames: torch.Tensor, bf16: bool = False) -> torch.Te
     a cache would outlive a CUDA graph's capture (ActingGraph)."""
     with torch.autocast(frames.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
         return model.features(frames).float()
+
+
+def policy_step(model: A3Clstm, frames, starts, state: tuple, bf16: bool = False, features=None):
+    """The network's step: value, logits and next LSTM state for `frames` (or their given convolutional
+    features) from `state`, zeroed where `starts` is 1, as A3Clstm.unroll replays it over a rollout."""
+    if features is None:
+        features = encode(model, frames, bf16)
+    keep = (1.0 - starts).unsqueeze(1)
+    hx, cx = state
+    return model.recur(features, (hx * keep, cx * keep))
 
 
 def sample_actions(logits: torch.Tensor) -> torch.Tensor:
@@ -45,7 +57,7 @@ class ActingGraph:
     """
 
     def __init__(self, forward, obs: torch.Tensor, starts: torch.Tensor, state: tuple):
-        self.forward = forward
+        self.forward = forward  # (frames, starts, state) -> (value, logits, state)
         self.inputs = [obs.clone(), starts.clone(), state[0].clone(), state[1].clone()]
         device = obs.device
         # Warm-up and capture on one side stream: lazily created per-stream handles and workspaces (cuBLAS,
@@ -82,14 +94,50 @@ class StepResult:
     finished: list  # (env index, game reward, game length, info) of whole games that ended
 
 
-class Agent:
-    """Holds the current frames, LSTM state and running game totals of K envs.
+class EnvBatch:
+    """K environments stepped together, with the classic tool's episode semantics, and their whole-game totals.
 
-    An episode ends at a lost life or at the end of the game; the env is then reset (after a lost
-    life that is a no-op and FIRE, the game goes on) and the LSTM state is zeroed by multiplying
-    with `1 - starts`, the same arithmetic `A3Clstm.unroll` uses to replay a rollout. Scores and
-    lengths add up over a whole game, as the classic tool reports them.
+    gymnasium's SyncVectorEnv with same-step autoreset does the stepping: an env whose episode ends is reset in
+    the same step, its last frame kept in info["final_obs"] (for the truncation bootstrap). An episode ends at a
+    lost life; the env's reset then presses on with the same game (environment.EpisodicLife), so a game's score
+    and length add up here over its episodes until `game_over`, as the classic tool reports them. Env i is
+    seeded with seed + i at the start; later resets are unseeded, as in the classic tool.
     """
+
+    def __init__(self, envs: list[gym.Env], seed: int):
+        self.vector = SyncVectorEnv([lambda env=env: env for env in envs], autoreset_mode=AutoresetMode.SAME_STEP)
+        self.obs, _ = self.vector.reset(seed=[seed + i for i in range(len(envs))])
+        self.game_reward = np.zeros(len(envs))
+        self.game_length = np.zeros(len(envs), dtype=np.int64)
+
+    @property
+    def envs(self) -> list[gym.Env]:
+        return self.vector.envs
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Apply one action per env; envs whose episode ends start the next one (see the class docstring)."""
+        self.obs, rewards, terminated, truncated, info = self.vector.step(actions)
+        self.game_reward += rewards
+        self.game_length += 1
+        final_obs, finished = {}, []
+        for i in np.flatnonzero(terminated | truncated):
+            if truncated[i] and not terminated[i]:
+                final_obs[i] = info["final_obs"][i]
+            final = {key: value[i] for key, value in info["final_info"].items() if not key.startswith("_")}
+            if final.get("game_over", True):
+                finished.append((int(i), float(self.game_reward[i]), int(self.game_length[i]), final))
+                self.game_reward[i] = 0.0
+                self.game_length[i] = 0
+        return StepResult(rewards.astype(np.float32), terminated, truncated, final_obs, finished)
+
+    def close(self) -> None:
+        self.vector.close()
+
+
+class Agent:
+    """The recurrent policy acting in an EnvBatch: the current frames on the device, the LSTM state, and which
+    envs start an episode (their state is zeroed by multiplying with `1 - starts`, the arithmetic
+    A3Clstm.unroll replays a rollout with)."""
 
     def __init__(
         self,
@@ -101,41 +149,35 @@ class Agent:
         cuda_graph: bool = False,
     ):
         self.model = model
-        self.envs = envs
         self.device = device
         self.bf16 = bf16
-        k = len(envs)
-        first = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
-        self.obs = self._upload(first)
-        self.state = model.initial_state(k, device)
-        self.starts = torch.ones(k, device=device)
-        self.game_reward = np.zeros(k)
-        self.game_length = np.zeros(k, dtype=np.int64)
-        self.graph = ActingGraph(self._forward, self.obs, self.starts, self.state) if cuda_graph else None
+        self.batch = EnvBatch(envs, seed)
+        self.obs = self._upload(self.batch.obs)
+        self.state = model.initial_state(len(envs), device)
+        self.starts = torch.ones(len(envs), device=device)
+        self.graph = ActingGraph(self._step, self.obs, self.starts, self.state) if cuda_graph else None
+
+    @property
+    def envs(self) -> list[gym.Env]:
+        return self.batch.envs
 
     def _upload(self, frames: np.ndarray) -> torch.Tensor:
         """A new tensor each step: the rollout's convolution graphs still hold the previous frames."""
         return to_device(torch.from_numpy(frames), self.device)
 
-    def encode(self) -> torch.Tensor:
-        """The convolutional features [K, 1024] of the current frames."""
-        return encode(self.model, self.obs, self.bf16)
+    def _step(self, frames: torch.Tensor, starts: torch.Tensor, state: tuple):
+        return policy_step(self.model, frames, starts, state, self.bf16)
 
-    def _forward(self, obs: torch.Tensor, starts: torch.Tensor, state: tuple, features: torch.Tensor | None = None):
-        """Value, logits and next LSTM state for frames `obs` (or their given features) from `state`,
-        zeroed where `starts` is 1."""
-        if features is None:
-            features = encode(self.model, obs, self.bf16)
-        keep = (1.0 - starts).unsqueeze(1)
-        hx, cx = state
-        return self.model.recur(features, (hx * keep, cx * keep))
+    def features(self) -> torch.Tensor:
+        """The convolutional features [K, 1024] of the current frames (the default acting path keeps their graph)."""
+        return encode(self.model, self.obs, self.bf16)
 
     def forward(self, features: torch.Tensor | None = None):
         """Value, logits and next LSTM state for the current frames (or their given features); does not change
         the agent. Without autograd and given no features, a CUDA-graphed agent replays its graph."""
         if features is None and self.graph is not None and not torch.is_grad_enabled():
             return self.graph(self.obs, self.starts, self.state)
-        return self._forward(self.obs, self.starts, self.state, features)
+        return policy_step(self.model, self.obs, self.starts, self.state, self.bf16, features)
 
     def act(self, greedy: bool, features: torch.Tensor | None = None):
         """Advance the LSTM on the current frames and choose actions: argmax, or sampled from the policy."""
@@ -144,29 +186,13 @@ class Agent:
         return actions, value, logits
 
     def step(self, actions: torch.Tensor) -> StepResult:
-        """Apply one action per env; envs whose episode ends are reset and marked as starting anew."""
-        k = len(self.envs)
-        rewards = np.zeros(k, dtype=np.float32)
-        terminated = np.zeros(k, dtype=bool)
-        truncated = np.zeros(k, dtype=bool)
-        frames, final_obs, finished = [], {}, []
-        for i, (env, action) in enumerate(zip(self.envs, actions.tolist())):
-            obs, reward, terminated[i], truncated[i], info = env.step(action)
-            rewards[i] = reward
-            self.game_reward[i] += reward
-            self.game_length[i] += 1
-            if terminated[i] or truncated[i]:
-                if truncated[i] and not terminated[i]:
-                    final_obs[i] = obs
-                if info.get("game_over", True):
-                    finished.append((i, float(self.game_reward[i]), int(self.game_length[i]), info))
-                    self.game_reward[i] = 0.0
-                    self.game_length[i] = 0
-                obs, _ = env.reset()
-            frames.append(obs)
-        self.obs = self._upload(np.stack(frames))
-        self.starts = to_device(torch.from_numpy((terminated | truncated).astype(np.float32)), self.device)
-        return StepResult(rewards, terminated, truncated, final_obs, finished)
+        """Play `actions` in the envs; envs whose episode ended are marked as starting anew."""
+        result = self.batch.step(actions.cpu().numpy())
+        self.obs = self._upload(self.batch.obs)
+        self.starts = to_device(
+            torch.from_numpy((result.terminated | result.truncated).astype(np.float32)), self.device
+        )
+        return result
 
     def value_of(self, frame: np.ndarray, index: int) -> float:
         """Critic's value of a frame env `index` ended on, from its current LSTM state (truncation bootstrap)."""
@@ -180,8 +206,7 @@ class Agent:
         self.state = tuple(s.detach() for s in self.state)
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.batch.close()
 
 
 def play_game(agent: Agent, greedy: bool = True, should_stop=lambda: False, on_step=None):

@@ -99,7 +99,7 @@ class KeepConvGraphs:
     name = "fast"
 
     def act(self, agent: Agent) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        features = agent.encode()
+        features = agent.features()
         with torch.no_grad():
             action, _, _ = agent.act(greedy=False, features=features)
         return action, (features,)
@@ -135,7 +135,7 @@ class Textbook:
     name = "textbook"
 
     def act(self, agent: Agent) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        features = agent.encode()
+        features = agent.features()
         action, value, logits = agent.act(greedy=False, features=features)
         return action, (features, value, logits)
 

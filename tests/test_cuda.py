@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mps
-from agent import Agent
+from agent import Agent, policy_step
 from checkpoint import load_checkpoint
 from environment import make_env
 from hogwild import SharedLink
@@ -76,7 +76,7 @@ def test_a_cuda_graphed_agent_acts_as_the_eager_forward_and_reads_the_weights_pu
                 for p in model.parameters():
                     p.mul_(1.5)
             graphed = agent.forward()
-            eager = agent._forward(agent.obs, agent.starts, agent.state)
+            eager = policy_step(agent.model, agent.obs, agent.starts, agent.state, agent.bf16)
             for a, b in zip((graphed[0], graphed[1], *graphed[2]), (eager[0], eager[1], *eager[2])):
                 torch.testing.assert_close(a, b)
             starts += int(agent.starts.sum())

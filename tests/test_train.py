@@ -123,7 +123,7 @@ def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
     replay = Agent(model, [make_env(cfg.env, max_episode_length=3, training=False)], CPU, seed=1)
     with torch.no_grad():
         for _ in range(3):
-            actions, _, _ = replay.act(greedy=False, features=replay.encode())
+            actions, _, _ = replay.act(greedy=False, features=replay.features())
             result = replay.step(actions)
         assert result.truncated[0] and not result.terminated[0]
         value, _, _ = model(torch.as_tensor(result.final_obs[0]).unsqueeze(0), replay.state)
