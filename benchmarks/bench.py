@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", action="store_true", help="also time each phase of one worker's loop in-process")
     p.add_argument("--phase-updates", type=int, default=40, help="updates timed per variant with --phases")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["textbook", "fast"], help="what to measure")
-    add_config_flags(p, ("mps",))
+    add_config_flags(p, Config, ("mps",))
     p.add_argument("--json", default="logs/bench.json", help="where to write the results")
     args = p.parse_args(argv)
     return run_command(lambda: benchmark(args))
