@@ -27,7 +27,7 @@ from metrics import read_metrics, setup_logger
 from model import A3Clstm
 from mps import gpu_sharing, shared_gpus
 from run_setup import build_run, check_limits, keep_previous_run, load_resume, prepare, resume_path, under_torchrun
-from settings import Config, check_values, usable_cpus
+from settings import Config, check_values, describe_bf16, usable_cpus
 from supervisor import Supervisor, stop_signals
 from utils import UsageError
 
@@ -84,6 +84,7 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
         *(cfg.env, cfg.workers, devices, "sampled" if cfg.test_stochastic else "greedy"),
         *(cfg.log_dir, cfg.save_model_dir),
     )
+    logger.info("precision: %s", describe_bf16(cfg.bf16, cfg.device_for(0)))
     run = build_run(cfg, num_actions, ckpt, logger)
     peers = None
     if cluster is not None:

@@ -85,6 +85,8 @@ def add_config_flags(p: argparse.ArgumentParser, settings=Config, names=None, he
             options["type"] = next(t for t in (get_args(kind) or (kind,)) if t is not type(None))
         if spec.metadata["choices"] is not None:
             options["choices"] = spec.metadata["choices"]
+        if spec.metadata.get("bare") is not None:
+            options |= {"nargs": "?", "const": spec.metadata["bare"]}
         p.add_argument(flag_name(spec), **options)
 
 

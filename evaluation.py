@@ -24,7 +24,7 @@ from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
 from process import use_device
-from settings import Config, check_gpus, same_setting, setting
+from settings import Config, bf16_for, check_choices, check_gpus, same_setting, setting
 from utils import UsageError, safe_name
 
 ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
@@ -51,6 +51,7 @@ class EvalConfig:
         help="agent steps before a game is cut off (ALE ends v4 ids' games at 108,000 frames itself)",
     )
     stochastic: bool = setting(False, "sample actions from the policy instead of argmax")
+    bf16: str = same_setting("bf16")
     gpu_id: int = setting(-1, "GPU to run the model on (-1: CPU)", short="-gid")
     workers: int = setting(1, "games played at once in separate processes")
     render: bool = setting(False, "show games in a window", short="-r")
@@ -72,6 +73,7 @@ def prepare_eval(cfg: EvalConfig) -> tuple[EvalConfig, Checkpoint]:
     for name in ("num_episodes", "workers", "render_freq", "record_every", "max_episode_length"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    check_choices(cfg)
     if cfg.gif and not cfg.record:
         raise UsageError("--gif needs --record DIR")
     if cfg.render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -117,7 +119,7 @@ def play_one(player: EvalPlayer, index: int) -> dict:
     render_mode = "human" if cfg.render and index % cfg.render_freq == 0 else "rgb_array" if recording else None
     env = make_env_for(cfg, training=False, render_mode=render_mode)
     torch.manual_seed(seed)
-    agent = Agent(player.model, [env], player.device, seed=seed)
+    agent = Agent(player.model, [env], player.device, seed=seed, bf16=bf16_for(cfg.bf16, player.device))
     reward, length, frames = play_recorded(agent, greedy=not cfg.stochastic, record=recording)
     videos = write_videos(cfg, index, frames, env) if recording else []
     agent.close()

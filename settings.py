@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 
 import torch
 
@@ -12,11 +13,49 @@ from mps import MODES as MPS_MODES
 from utils import UsageError, safe_name
 
 
-def setting(default, help: str, short: str | None = None, choices: tuple | None = None, flag: str | None = None):
+def setting(
+    default, help: str, short: str | None = None, choices: tuple | None = None, flag: str | None = None, bare=None
+):
     """A settings field and its command-line flag in one place: the default, the flag's help, rl_a3c_pytorch's
-    short spelling, the allowed values, and the flag's name where it is not the field's (cli.add_config_flags
-    makes the flags; check_values checks the choices)."""
-    return field(default=default, metadata={"help": help, "short": short, "choices": choices, "flag": flag})
+    short spelling, the allowed values, the flag's name where it is not the field's, and the value of the flag
+    given alone (cli.add_config_flags makes the flags; check_values checks the choices)."""
+    metadata = {"help": help, "short": short, "choices": choices, "flag": flag, "bare": bare}
+    return field(default=default, metadata=metadata)
+
+
+BF16_MODES = ("auto", "on", "off")
+NATIVE_BF16 = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's flags of CPUs with bf16 matrix or vector units
+
+
+@cache
+def cpu_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """This CPU's native bf16 units (NATIVE_BF16 flags it has); () where it has none or the file is unreadable."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ()
+    return tuple(flag for flag in NATIVE_BF16 if flag in flags)
+
+
+def bf16_for(mode: str, device: torch.device) -> bool:
+    """Whether a process on `device` runs its convolutions in bf16 under --bf16 `mode` (see Config.bf16)."""
+    if mode == "auto":
+        return device.type == "cpu" and bool(cpu_bf16_units())
+    return mode == "on"
+
+
+def describe_bf16(mode: str, device: torch.device) -> str:
+    """The precision a process on `device` takes under --bf16 `mode`, and why, for the run's log."""
+    on = bf16_for(mode, device)
+    precision = "bf16 convolutions" if on else "fp32"
+    if mode != "auto":
+        return f"{precision} (--bf16 {mode})"
+    if device.type != "cpu":
+        return f"{precision} (--bf16 auto: on CPUs only until measured on a GPU)"
+    units = cpu_bf16_units()
+    why = f"this CPU has {', '.join(units)}" if units else "this CPU has no native bf16 units (AMX, AVX512-BF16)"
+    return f"{precision} (--bf16 auto: {why})"
 
 
 def same_setting(name: str, **changes):
@@ -89,7 +128,13 @@ class Config:
     )
     envs_per_worker: int = setting(1, "environments each worker steps with one batched forward")
     channels_last: bool = setting(True, "channels-last memory layout for the convolutions")
-    bf16: bool = setting(False, "bfloat16 autocast for the convolutions")
+    bf16: str = setting(
+        "off",
+        "bfloat16 autocast for the convolutions: on, off, or auto (on where the CPU has native bf16 units, AMX "
+        "or AVX512-BF16; off on other CPUs, which emulate bf16 slowly, and on GPUs); --bf16 alone is on",
+        choices=BF16_MODES,
+        bare="on",
+    )
     replay_convs: bool = setting(
         False,
         "act without autograd and recompute the rollout's convolutions in one batched pass at the update "
@@ -150,6 +195,9 @@ class Config:
         restarted for the n-th time (`incarnation` n) takes its block RESTART_STRIDE * n further on, so that
         it does not replay the games its earlier incarnations played."""
         return self.seed + slot * self.envs_per_worker + incarnation * RESTART_STRIDE
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        return bf16_for(self.bf16, device)
 
     def steps_for(self, rank: int) -> int:
         """Rollout length of worker `rank`: its round-robin share of --distributed-step-size, else --num-steps."""

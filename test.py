@@ -35,7 +35,7 @@ def test_process(run: RunShared, incarnation: int = 0):
 def build_test_agent(cfg: Config, env, device, seed: int) -> Agent:
     """The test games' agent: the workers' model layout and precision (--channels-last, --bf16)."""
     model = build_model(env.action_space.n, cfg, device).eval()
-    return Agent(model, [env], device, seed=seed, bf16=cfg.bf16)
+    return Agent(model, [env], device, seed=seed, bf16=cfg.uses_bf16(device))
 
 
 def run_tests(run: RunShared, logger, seed: int):

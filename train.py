@@ -176,7 +176,7 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, path=ACTING_PATHS["f
 
 
 def rollout_losses(model: A3Clstm, rollout: Rollout, cfg: Config, path=ACTING_PATHS["fast"]) -> Losses:
-    values, logits = path.values_and_logits(model, rollout, cfg.bf16)
+    values, logits = path.values_and_logits(model, rollout, cfg.uses_bf16(rollout.starts.device))
     returns = n_step_returns(rollout.rewards, rollout.dones, rollout.bootstrap, cfg.gamma)
     advantages = gae(rollout.rewards, values.detach(), rollout.dones, rollout.bootstrap, cfg.gamma, cfg.tau)
     return a3c_loss(logits, values, rollout.actions, returns, advantages, cfg.entropy_coef, cfg.value_coef)
@@ -236,7 +236,7 @@ class Worker:
             envs,
             self.device,
             seed=cfg.seed_for(rank) if seed is None else seed,
-            bf16=cfg.bf16,
+            bf16=cfg.uses_bf16(self.device),
             cuda_graph=cfg.cuda_graph,
         )
         self.steps = cfg.steps_for(rank)

@@ -266,7 +266,7 @@ def benchmark(args) -> int:
         raise UsageError("--duration, --rounds, --phase-updates and --workers must be positive, --warmup >= 0")
     log_dir = tempfile.mkdtemp(prefix="bench-logs-")  # worker error logs stay out of the user's training log
     common = Config(env=args.env, workers=args.workers, gpu_ids=tuple(args.gpu_ids), log_dir=log_dir)
-    fast = replace(common, envs_per_worker=args.envs_per_worker, bf16=args.bf16)
+    fast = replace(common, envs_per_worker=args.envs_per_worker, bf16="on" if args.bf16 else "off")
     variants = {
         "textbook": replace(common, textbook=True, channels_last=False),
         "fast": fast,

@@ -10,6 +10,7 @@ import torch
 from checkpoint import PREPROCESSING, load_checkpoint
 from metrics import read_progress
 from proctree import alive, descendants
+from settings import describe_bf16
 from tests.helpers import run_cli, start_cli, wait_for
 
 PONG = "PongNoFrameskip-v4"
@@ -122,7 +123,7 @@ def test_other_flags_take_effect_end_to_end(run_dirs):
             *("--envs-per-worker", 2, "--distributed-step-size", 5, 10, "--optimizer", "RMSprop"),
             *("--save-max", "--test-stochastic", "--max-steps", 1500),
         ],
-        ["--channels-last", "False", "--shared-optimizer", "False", "--load", "--max-steps", 3000],
+        ["--channels-last", "False", "--shared-optimizer", "False", "--bf16", "auto", "--load", "--max-steps", 3000],
     )
     for extra in runs:
         result = run_cli(
@@ -143,6 +144,7 @@ def test_other_flags_take_effect_end_to_end(run_dirs):
             assert "square_avg" in state and "exp_avg" not in state  # RMSprop's statistics, not Adam's
             assert load_checkpoint(str(run_dirs["models"] / "tests.pixel_envs_Cue-v0.dat")).best_score is not None
     assert last.frames >= 3000 and not last.args["channels_last"] and last.optimizer is None
+    assert f"precision: {describe_bf16('auto', torch.device('cpu'))}" in result.stdout  # what auto chose, and why
 
 
 def test_tensorboard_scalars(run_dirs):

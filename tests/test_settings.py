@@ -33,14 +33,15 @@ def test_every_setting_but_the_host_s_place_is_a_flag_with_config_s_default():
 
     assert parse_config([]) == Config(workers=default_workers((-1,)))
     cfg = parse_config(["--bf16", "--shared-optimizer", "False", "--gpu-ids", "0", "1", "--target-score", "18"])
-    assert (cfg.bf16, cfg.shared_optimizer, cfg.gpu_ids, cfg.target_score) == (True, False, (0, 1), 18.0)
+    assert (cfg.bf16, cfg.shared_optimizer, cfg.gpu_ids, cfg.target_score) == ("on", False, (0, 1), 18.0)
+    assert parse_config(["--bf16", "auto"]).bf16 == "auto" and parse_config([]).bf16 == "off"
 
 
 def test_a_value_outside_a_setting_s_choices_is_one_line_for_the_api_too():
     from settings import check_values
     from utils import UsageError
 
-    for name, bad in (("optimizer", "SGD"), ("sync_op", "max"), ("mps", "sometimes")):
+    for name, bad in (("optimizer", "SGD"), ("sync_op", "max"), ("mps", "sometimes"), ("bf16", "maybe")):
         flag = "--" + name.replace("_", "-")
         with pytest.raises(UsageError, match=f"^{flag} must be one of .*, got '{bad}'$"):
             check_values(replace(Config(), **{name: bad}))
@@ -115,3 +116,22 @@ def test_the_default_worker_count_is_the_cpus_this_process_may_use_and_at_most_1
         timeout=60,
     )
     assert pinned.stdout.strip() == "1", pinned.stderr
+
+
+def test_bf16_auto_is_on_where_the_cpu_has_native_bf16_units_and_off_elsewhere(tmp_path):
+    import torch
+
+    from settings import bf16_for, cpu_bf16_units, describe_bf16
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    for flags, units in (("fpu avx2 avx512f", ()), ("avx2 avx512_bf16 amx_bf16 amx_tile", ("amx_bf16", "avx512_bf16"))):
+        info = tmp_path / f"cpuinfo{len(units)}"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_bf16_units(str(info)) == units
+    assert cpu_bf16_units(str(tmp_path / "none")) == ()
+    assert bf16_for("on", cpu) and bf16_for("on", gpu) and not bf16_for("off", cpu)
+    assert bf16_for("auto", cpu) == bool(cpu_bf16_units()) and not bf16_for("auto", gpu)
+    line = describe_bf16("auto", cpu)
+    assert ("has no native bf16 units" in line) != bool(cpu_bf16_units()) and line.startswith(
+        "bf16 convolutions" if cpu_bf16_units() else "fp32"
+    )

@@ -142,7 +142,7 @@ def test_bf16_convolutions_train_a_few_finite_updates(replay_convs):
     from train import Worker
 
     cfg = Config(
-        env="tests.pixel_envs:Cue-v0", hidden_size=32, bf16=True, workers=1, num_steps=5, replay_convs=replay_convs
+        env="tests.pixel_envs:Cue-v0", hidden_size=32, bf16="on", workers=1, num_steps=5, replay_convs=replay_convs
     )
     torch.manual_seed(0)
     run = build_run(cfg, 2, None, logger=None)
@@ -205,7 +205,7 @@ def test_test_games_act_in_the_workers_precision(bf16):
     from agent import encode
     from test import build_test_agent
 
-    cfg = Config(env="tests.pixel_envs:Cue-v0", bf16=bf16, hidden_size=32)
+    cfg = Config(env="tests.pixel_envs:Cue-v0", bf16="on" if bf16 else "off", hidden_size=32)
     agent = build_test_agent(cfg, make_env(cfg.env, training=False), CPU, seed=1)
     with torch.no_grad():
         value, _, _ = agent.forward()
