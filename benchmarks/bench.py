@@ -42,7 +42,7 @@ from mps import gpu_sharing, shared_gpus
 from process import use_device
 from run_setup import build_run
 from run_state import Counters
-from settings import Config, check_values
+from settings import Config, check_values, cpu_bf16_units
 from train import Worker, train_worker
 from utils import UsageError
 
@@ -226,20 +226,28 @@ def print_phases(variants: dict, num_actions: int, updates: int, counted: int = 
 
 
 def hardware() -> str:
+    """The machine a figure was measured on: CPU model, its native bf16 units (they decide --bf16 auto and
+    its speed), cores, GPUs and torch."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    units = cpu_bf16_units()
+    cpu += f" ({'native bf16: ' + ', '.join(units) if units else 'no native bf16'})"
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return f"{cpu}, {os.cpu_count()} cores" + (f", {', '.join(gpus)}" if gpus else "") + f", torch {torch.__version__}"
 
 
 def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    """Write `payload` through a temp file and a rename: a benchmark stopped mid-write keeps the last results."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
     print(f"written {path}")
 
 

@@ -15,11 +15,16 @@ per frame whatever the machine's speed.
 
 Several --train-args strings are variants compared side by side: the runs alternate variants seed by
 seed (seed 1 of each variant, then seed 2 of each), so a machine that drifts in speed drifts for all.
+
+The results are written to --json after every run. A comparison too long for one sitting goes on with
+--resume: the finished runs in --json are kept and only the missing (seed, variant) runs are trained,
+provided the earlier call measured the same settings on the same hardware (CPU model and bf16 units).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -88,6 +93,7 @@ def train_to_score(args, train_args: str, seed: int, run_dir: str) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     label = f"{variant_name(train_args)}, seed {seed}"
     launch = time.time()
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(launch))
     with open(os.path.join(run_dir, "main.out"), "w") as out:
         main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
         command = [sys.executable, main_py, *main_flags(args, train_args, seed, run_dir)]
@@ -119,6 +125,7 @@ def train_to_score(args, train_args: str, seed: int, run_dir: str) -> dict:
         "variant": variant_name(train_args),
         "train_args": train_args,
         "seed": seed,
+        "started": started,
         "exit_code": process.returncode,
         "interrupted": interrupted,
         "seconds": seconds,
@@ -203,6 +210,42 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def comparison(args) -> dict:
+    """What a call measures and where: two calls' runs join only where these are equal."""
+    record = {
+        "hardware": hardware(),
+        "env": args.env,
+        "score": args.score,
+        "window": args.window,
+        "milestones": args.milestones,
+        "workers": args.workers,
+        "gpu_ids": args.gpu_ids,
+        "variants": args.train_args,
+        "max_time_s": args.max_time,
+    }
+    return json.loads(json.dumps(record))  # as --json holds it
+
+
+def finished_runs(args) -> list[dict]:
+    """--resume: the earlier call's runs that finished, read from --json; a UsageError where that call
+    measured other settings or ran on other hardware."""
+    if not args.resume or not os.path.exists(args.json):
+        return []
+    try:
+        with open(args.json) as f:
+            earlier = json.load(f)
+        runs = earlier["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"--resume: cannot read the earlier results in {args.json} ({e})") from None
+    for key, value in comparison(args).items():
+        if earlier.get(key) != value:
+            raise UsageError(
+                f"--resume: {args.json} holds runs with {key} {earlier.get(key)!r}, this call has {value!r}; "
+                "resume with the same settings and hardware, or give another --json"
+            )
+    return [run for run in runs if not run["interrupted"] and run["exit_code"] == 0]
+
+
 def run_benchmark(args) -> int:
     interrupt_on_sigterm()
     root = tempfile.mkdtemp(prefix="to-score-", dir=args.runs_dir)
@@ -212,11 +255,17 @@ def run_benchmark(args) -> int:
         f"at most {args.max_time:g} s each: {hardware()}",
         flush=True,
     )
-    runs = []
+    runs = finished_runs(args)
+    if runs:
+        print(f"resumed {len(runs)} finished runs from {args.json}: {', '.join(run['started'] for run in runs)}")
+    done = {(run["variant"], run["seed"]) for run in runs}
     for seed in args.seeds:
         for index, train_args in enumerate(args.train_args):
+            if (variant_name(train_args), seed) in done:
+                continue
             run = train_to_score(args, train_args, seed, os.path.join(root, f"variant{index}_seed{seed}"))
             runs.append(run)
+            write_json(args.json, {**comparison(args), "runs": runs, "summary": summarise(runs, args)})
             if run["exit_code"] != 0:
                 print(
                     f"error: {run['variant']}, seed {seed}: main.py exited with {run['exit_code']} "
@@ -229,22 +278,7 @@ def run_benchmark(args) -> int:
             break
     summary = summarise(runs, args)
     print_report(runs, summary, args)
-    write_json(
-        args.json,
-        {
-            "hardware": hardware(),
-            "env": args.env,
-            "score": args.score,
-            "window": args.window,
-            "milestones": args.milestones,
-            "workers": args.workers,
-            "gpu_ids": args.gpu_ids,
-            "variants": args.train_args,
-            "max_time_s": args.max_time,
-            "runs": runs,
-            "summary": summary,
-        },
-    )
+    write_json(args.json, {**comparison(args), "runs": runs, "summary": summary})
     return 0
 
 
@@ -264,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         'a lone flag takes "=": --train-args=--test-stochastic',
     )
     p.add_argument("--runs-dir", default="logs", help="where the runs keep their logs and checkpoints")
-    p.add_argument("--json", default="logs/bench_score.json", help="where to write the results")
+    p.add_argument("--json", default="logs/bench_score.json", help="where to write the results, after every run")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs in --json and train only the rest")
     argv = sys.argv[1:] if argv is None else argv
     return run_command(lambda: run_benchmark(checked_args(p, argv)))
 
@@ -286,6 +321,7 @@ def checked_args(p, argv: list[str]):
             raise UsageError(f"--train-args cannot be split into flags ({e})") from None
         check_values(parse_config(flags))
     describe_env(args.env, "config.json")
+    finished_runs(args)
     os.makedirs(args.runs_dir, exist_ok=True)
     return args
 

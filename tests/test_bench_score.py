@@ -97,3 +97,27 @@ def test_sigterm_to_the_benchmark_alone_stops_its_training_run_and_reports(tmp_p
             os.kill(pid, signal.SIGKILL)
     run = json.loads(out.read_text())["runs"][0]
     assert run["interrupted"] and run["exit_code"] == 0 and run["games"] >= 1 and run["seconds"] < 200
+
+
+def test_resume_keeps_the_finished_runs_and_trains_only_the_missing_ones_on_the_same_settings(tmp_path):
+    out = tmp_path / "o.json"
+    args = (*CUE, "--score", 1000, "--max-time", 5, "--runs-dir", tmp_path, "--json", out)
+    first = run_cli("-m", "benchmarks.bench_score", *args, "--seeds", 1, timeout=200)
+    assert first.returncode == 0, first.stdout + first.stderr
+    seed1 = json.loads(out.read_text())["runs"]
+    assert [run["seed"] for run in seed1] == [1]
+
+    resumed = run_cli("-m", "benchmarks.bench_score", *args, "--seeds", 1, 2, "--resume", timeout=200)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed 1 finished runs from {out}" in resumed.stdout
+    data = json.loads(out.read_text())
+    assert [run["seed"] for run in data["runs"]] == [1, 2] and data["runs"][0] == seed1[0]
+    assert data["summary"]["defaults"]["mean"]["of"] == 2
+    assert "native bf16" in data["hardware"]
+
+    for key, value in (("score", 999.0), ("hardware", "another CPU, 2 cores, torch 2.13.0")):
+        out.write_text(json.dumps({**data, key: value}))
+        refused = run_cli("-m", "benchmarks.bench_score", *args, "--seeds", 3, "--resume", timeout=60)
+        assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+        assert f"--resume: {out} holds runs with {key}" in refused.stderr
+        assert json.loads(out.read_text())[key] == value  # untouched: nothing ran
