@@ -24,6 +24,7 @@ import time
 from dataclasses import replace
 
 from api import evaluate
+from benchmarks.sittings import read_sittings
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import Parser, run_command
 from utils import UsageError, safe_name
@@ -44,8 +45,18 @@ def ship(source: str, models_dir: str = MODELS) -> str:
     return path
 
 
-def describe(path: str, hardware: str, command: str, episodes: int, seed: int, workers: int, seconds: float | None):
-    """Evaluate the model at `path` and return the JSON that goes beside it."""
+def describe(
+    path: str,
+    hardware: str,
+    command: str,
+    episodes: int,
+    seed: int,
+    workers: int,
+    seconds: float | None,
+    sittings: list[dict] | None = None,
+):
+    """Evaluate the model at `path` and return the JSON that goes beside it (with the sittings that trained it,
+    where the run recorded them: benchmarks/sittings.py)."""
     ckpt = load_checkpoint(path)
     env = ckpt.args["env"]
     results = evaluate(path, env, episodes=episodes, seed=seed, workers=workers)
@@ -62,7 +73,7 @@ def describe(path: str, hardware: str, command: str, episodes: int, seed: int, w
         "evaluated": {"date": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip(), "seed": seed},
         "evaluation": {k: summary[k] for k in ("games", "mean", "std", "min", "max", "median")},
         "games": [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]],
-    }
+    } | ({"sittings": sittings} if sittings else {})
 
 
 def shipped() -> list[dict]:
@@ -126,15 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--episodes", type=int, default=100)
     ev.add_argument("--seed", type=int, default=1)
     ev.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ev.add_argument("--sittings", help="the run's folder: the sittings its sittings.json lists go in the JSON")
     tb = sub.add_parser("table", help="print the results table of every trained_models/*.json")
     tb.add_argument("--readme", help="rewrite this README's table in place")
     args = p.parse_args(argv)
 
     def body() -> int:
         if args.action == "ship":
+            sittings = read_sittings(args.sittings, None)["sittings"] if args.sittings else None
             path = ship(args.model)
             data = describe(
-                path, args.hardware, args.command, args.episodes, args.seed, args.workers, args.training_seconds
+                path,
+                args.hardware,
+                args.command,
+                args.episodes,
+                args.seed,
+                args.workers,
+                args.training_seconds,
+                sittings,
             )
             out = os.path.splitext(path)[0] + ".json"
             with open(out, "w") as f:

@@ -1,5 +1,6 @@
-"""The smaller measurement scripts of benchmarks/: push_cost.py and eval_norm.py, run for real on small inputs."""
+"""The smaller tools of benchmarks/: push_cost.py, eval_norm.py and sittings.py, run for real on small inputs."""
 
+import json
 import re
 
 import torch
@@ -41,3 +42,28 @@ def test_eval_norm_plays_both_ways_from_the_same_first_game(tmp_path):
     assert "| fresh per game (gym_eval) |" in printed.stdout and "| carried across games" in printed.stdout
     refused = run_cli("-m", "benchmarks.eval_norm", path, "--games", 1)
     assert refused.returncode == 2 and refused.stderr.strip() == "error: --games must be at least 2"
+
+
+def test_sittings_record_each_sitting_of_a_run_continued_with_load(tmp_path):
+    run_dir = tmp_path / "run"
+    flags = ("--env", CUE, "--workers", 1, "--test-interval", 0)
+    flags += ("--log-dir", run_dir, "--save-model-dir", run_dir, "--load-model-dir", run_dir)
+    record = ("-m", "benchmarks.sittings", "record", run_dir, "--hardware", "this machine")
+    curve = tmp_path / "curve.png"
+    for sitting, extra in enumerate((("--max-steps", 600), ("--load", "--max-steps", 1200))):
+        trained = run_cli("main.py", *flags, *extra, timeout=120)
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        command = f"python main.py {' '.join(map(str, extra))}"
+        result = run_cli(*record, "--command", command, "--env", CUE, "--curve", curve)
+        assert result.returncode == 0 and "recorded in" in result.stdout, result.stdout + result.stderr
+        entries = json.loads((run_dir / "sittings.json").read_text())["sittings"]
+        assert len(entries) == sitting + 1 and entries[-1]["command"] == command
+        assert curve.stat().st_size > 0
+    first, second = entries
+    assert first["frames"][0] == 0 and second["frames"][0] == first["frames"][1] < second["frames"][1]
+    assert first["training_seconds"][1] == second["training_seconds"][0] < second["training_seconds"][1]
+    assert 0 < first["test_games"] <= second["test_games"]
+
+    again = run_cli(*record, "--command", "python main.py")  # no training since: refused in one line
+    assert again.returncode == 2 and "train a sitting first" in again.stderr and again.stderr.count("\n") == 1
+    assert len(json.loads((run_dir / "sittings.json").read_text())["sittings"]) == 2
