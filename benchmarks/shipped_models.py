@@ -24,6 +24,7 @@ import time
 from dataclasses import replace
 
 from api import evaluate
+from benchmarks.bench import hardware as bench_hardware
 from benchmarks.sittings import read_sittings
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import Parser, run_command
@@ -70,7 +71,12 @@ def describe(
         "training_seconds": seconds if seconds is not None else ckpt.elapsed,
         "hardware": hardware,
         "command": command,
-        "evaluated": {"date": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip(), "seed": seed},
+        "evaluated": {
+            "date": time.strftime("%Y-%m-%d"),
+            "commit": commit.stdout.strip(),
+            "seed": seed,
+            "hardware": bench_hardware(),
+        },
         "evaluation": {k: summary[k] for k in ("games", "mean", "std", "min", "max", "median")},
         "games": [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]],
     } | ({"sittings": sittings} if sittings else {})

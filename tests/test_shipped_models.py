@@ -8,6 +8,7 @@ import os
 import pytest
 
 from api import evaluate
+from benchmarks.bench import hardware
 from checkpoint import load_checkpoint
 from tests.helpers import ROOT, run_cli
 
@@ -15,6 +16,17 @@ SHIPPED = sorted(glob.glob(os.path.join(ROOT, "trained_models", "*.json")))
 REPLAYED = 2  # games replayed per model
 TOLERANCE = 2.0  # points per game: the same seeded game replays exactly on one CPU; another CPU's float
 # rounding may flip an argmax somewhere in a game of thousands of steps
+
+
+def replay_bounds(recorded: dict, saved: dict) -> tuple[float, float]:
+    """The scores a replayed game may have. On the machine the JSON was evaluated on (or where it does not say),
+    the recorded score within TOLERANCE. Elsewhere an argmax flipped once makes the game play on differently
+    (a lost life in Breakout), so the bound is the range of its 100 recorded games, which a model that stopped
+    playing well still falls out of."""
+    evaluated_on = recorded["evaluated"].get("hardware")
+    if evaluated_on is None or evaluated_on == hardware():
+        return saved["reward"] - TOLERANCE, saved["reward"] + TOLERANCE
+    return recorded["evaluation"]["min"] - TOLERANCE, recorded["evaluation"]["max"] + TOLERANCE
 
 
 def test_pong_is_shipped():
@@ -31,8 +43,9 @@ def test_a_shipped_model_scores_what_its_json_says(meta):
     assert recorded["evaluation"]["games"] == len(recorded["games"]) >= 100
     results = evaluate(path, recorded["env"], episodes=REPLAYED, seed=recorded["evaluated"]["seed"], workers=REPLAYED)
     for played, saved in zip(results["games"], recorded["games"]):
+        low, high = replay_bounds(recorded, saved)
         assert played["seed"] == saved["seed"]
-        assert abs(played["reward"] - saved["reward"]) <= TOLERANCE, (played, saved)
+        assert low <= played["reward"] <= high, (played, saved, low, high)
 
 
 def test_the_readme_table_is_generated_from_the_shipped_json():
