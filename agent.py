@@ -100,7 +100,8 @@ class EnvBatch:
     gymnasium's SyncVectorEnv with same-step autoreset does the stepping: an env whose episode ends is reset in
     the same step, its last frame kept in info["final_obs"] (for the truncation bootstrap). An episode ends at a
     lost life; the env's reset then presses on with the same game (environment.EpisodicLife), so a game's score
-    and length add up here over its episodes until `game_over`, as the classic tool reports them. Env i is
+    and length add up here over its episodes until `game_over`, or until a reset says it had to start a new game
+    (`new_game`: the old one ended inside the reset), as the classic tool reports them. Env i is
     seeded with seed + i at the start; later resets are unseeded, as in the classic tool.
     """
 
@@ -120,11 +121,12 @@ class EnvBatch:
         self.game_reward += rewards
         self.game_length += 1
         final_obs, finished = {}, []
+        new_game = info.get("new_game", np.ones(len(self.game_length), bool))  # the resets that had to start a new game
         for i in np.flatnonzero(terminated | truncated):
             if truncated[i] and not terminated[i]:
                 final_obs[i] = info["final_obs"][i]
             final = {key: value[i] for key, value in info["final_info"].items() if not key.startswith("_")}
-            if final.get("game_over", True):
+            if final.get("game_over", True) or new_game[i]:
                 finished.append((int(i), float(self.game_reward[i]), int(self.game_length[i]), final))
                 self.game_reward[i] = 0.0
                 self.game_length[i] = 0

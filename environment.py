@@ -96,6 +96,8 @@ class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
     Used in training and in play alike, as the classic tool does: after a lost life the agent's LSTM
     state starts from zero and FIRE is pressed again, while the game and its score go on.
     `info["game_over"]` tells a lost life from the end of the game. A seeded reset starts a new game.
+    A reset's `info["new_game"]` says whether it started one: the game can also end inside the reset after
+    a lost life (the time limit reached on its no-op), and whoever adds up a game's score must know.
     """
 
     def __init__(self, env: gym.Env):
@@ -115,19 +117,22 @@ class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs):
-        if self.game_over or kwargs.get("seed") is not None:
+        new_game = self.game_over or kwargs.get("seed") is not None
+        if new_game:
             obs, info = self.env.reset(**kwargs)
         else:
             obs, _, terminated, truncated, info = self.env.step(0)
             if terminated or truncated:
                 obs, info = self.env.reset(**kwargs)
+                new_game = True
         self.game_over = False
         self.lives = self.unwrapped.ale.lives()
-        return obs, info
+        return obs, {**info, "new_game": new_game}
 
 
 class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Press FIRE after every reset: games like Breakout stand still until it is pressed."""
+    """Press FIRE after every reset: games like Breakout stand still until it is pressed. The reset's
+    `info["new_game"]` (EpisodicLife) stays true if any reset inside it started a new game."""
 
     def __init__(self, env: gym.Env):
         gym.utils.RecordConstructorArgs.__init__(self)
@@ -135,11 +140,13 @@ class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
+        new_game = info.get("new_game", True)
         for action in (1, 2):
             obs, _, terminated, truncated, info = self.env.step(action)
             if terminated or truncated:
                 obs, info = self.env.reset(**kwargs)
-        return obs, info
+                new_game = new_game or info.get("new_game", True)
+        return obs, {**info, "new_game": new_game}
 
 
 GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)

@@ -90,7 +90,10 @@ def run_tests(run: RunShared, logger, seed: int):
             best = run.results.best
             run.results.put(reward, length)
             if saves_test_game(cfg, reward, best):
-                save_run(cfg.checkpoint_path(), run, agent.model, run.results.best, logger)
+                # --save-max keeps the weights that played the game; otherwise the shared weights of now, which
+                # match the optimizer statistics, frames and time saved with them, for --load after a crash
+                weights = agent.model if cfg.save_max else run.model
+                save_run(cfg.checkpoint_path(), run, weights, run.results.best, logger)
             run.stop.wait(cfg.test_interval)
     finally:
         agent.close()

@@ -1,9 +1,10 @@
 """Whole games as the classic tool plays them: every life, FIRE after each lost life, the LSTM state zeroed."""
 
+import numpy as np
 import torch
 
 import environment as E
-from agent import Agent, play_game
+from agent import Agent, EnvBatch, play_game
 from model import A3Clstm
 from tests.test_environment import tapped_make_env
 
@@ -58,3 +59,17 @@ def test_sampled_actions_follow_the_policy_s_softmax():
     counts = torch.bincount(sample_actions(logits), minlength=4).double() / len(logits)
     torch.testing.assert_close(counts, torch.softmax(logits[0].double(), 0), atol=4e-3, rtol=0)
     assert sample_actions(torch.tensor([[0.0, -1e9, -1e9]])).item() == 0  # a near-zero probability is not taken
+
+
+def test_a_game_the_time_limit_ends_inside_the_reset_after_a_lost_life_is_reported_alone():
+    """A short cap meets the no-op or FIRE steps of a reset after a lost life: the game ends there and a new
+    one starts inside the reset. Its score and length are reported as one game, not added to the next."""
+    cap = 26
+    batch = EnvBatch([E.make_env("BreakoutNoFrameskip-v4", training=False, max_episode_length=cap)], seed=1)
+    rng = np.random.default_rng(1)
+    lengths, steps = [], 300
+    for _ in range(steps):
+        lengths += [length for _, _, length, _ in batch.step(rng.integers(0, 4, size=1)).finished]
+    batch.close()
+    assert len(lengths) >= 8 and max(lengths) <= cap, lengths
+    assert sum(lengths) + int(batch.game_length[0]) == steps
