@@ -8,13 +8,12 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import torch
 
-from utils import UsageError, first_line
+from utils import UsageError, atomic_write, first_line
 
 if TYPE_CHECKING:
     from run_state import RunShared
@@ -56,26 +55,11 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save through a temp file, fsync and rename."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """torch.save, all or nothing (utils.atomic_write)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)  # serialise first: a failing disk then raises a plain OSError below
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dat", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def final_path(cfg: Config) -> str:

@@ -25,7 +25,7 @@ from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
 from process import use_device
 from settings import Config, bf16_for, check_choices, check_gpus, same_setting, setting
-from utils import UsageError, safe_name
+from utils import UsageError, atomic_write, safe_name
 
 ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
 
@@ -249,7 +249,5 @@ def evaluate_games(cfg: EvalConfig, ckpt: Checkpoint, on_game=None) -> dict:
 
 def write_results(path: str, results: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(results, f, indent=2)
-    os.replace(tmp, path)

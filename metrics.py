@@ -11,8 +11,9 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 from typing import TYPE_CHECKING
+
+from utils import atomic_write
 
 if TYPE_CHECKING:
     from settings import Config
@@ -135,16 +136,11 @@ def plot_metrics(paths: list[str], out_png: str, title: str, window: int = 10) -
         ax.legend(loc="lower right", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(out_png))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, out_png)
+        with atomic_write(out_png, "wb") as f:
+            fig.savefig(f, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

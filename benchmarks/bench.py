@@ -44,7 +44,7 @@ from run_setup import build_run
 from run_state import Counters
 from settings import Config, check_values, cpu_bf16_units
 from train import Worker, train_worker
-from utils import UsageError
+from utils import UsageError, atomic_write
 
 VARIANTS = ("textbook", "fast", "replay", "graph")
 
@@ -241,13 +241,10 @@ def hardware() -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Write `payload` through a temp file and a rename: a benchmark stopped mid-write keeps the last results."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as f:
+    """Write `payload` all at once: a benchmark stopped mid-write keeps the last results."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
     print(f"written {path}")
 
 

@@ -19,13 +19,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from checkpoint import load_checkpoint
 from cli import Parser, run_command
 from metrics import plot_metrics, read_metrics
-from utils import UsageError, safe_name
+from utils import UsageError, atomic_write, safe_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAST_GAMES = 10
@@ -84,13 +83,10 @@ def sitting_entry(record: dict, run_dir: str, hardware: str, command: str) -> di
 
 
 def write_sittings(run_dir: str, record: dict) -> str:
-    """Write sittings.json through a temp file and a rename."""
     path = os.path.join(run_dir, "sittings.json")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=run_dir)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path) as f:
         json.dump(record, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 

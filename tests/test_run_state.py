@@ -1,5 +1,7 @@
-"""Shared-memory flags, result buffer and counters the processes talk through; the moving average; export."""
+"""Shared-memory flags, result buffer and counters the processes talk through; the moving average; export;
+atomic writes."""
 
+import os
 import time
 
 import torch
@@ -9,6 +11,7 @@ from metrics import moving_average
 from model import A3Clstm
 from run_state import Counters, GameResults, StopFlag
 from tests.helpers import run_cli
+from utils import NEW_FILE_MODE, atomic_write
 
 
 def test_test_results_ring_buffer_keeps_order_and_drops_only_what_overflowed():
@@ -84,3 +87,21 @@ def test_max_time_counts_the_training_time_the_run_resumed_with():
 class _Quiet:
     def info(self, *args):
         pass
+
+
+def test_an_atomic_write_replaces_the_file_whole_with_a_new_file_s_permissions_or_not_at_all(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    try:
+        with atomic_write(str(path)) as f:
+            f.write("half of the new")
+            raise OSError("disk full")
+    except OSError:
+        pass
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]  # no temp file left behind
+    with atomic_write(str(path)) as f:
+        f.write("new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["results.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == NEW_FILE_MODE == 0o666 & ~umask  # as open() makes it, not mkstemp's 0600
