@@ -28,7 +28,7 @@ from benchmarks.bench import hardware as bench_hardware
 from benchmarks.sittings import read_sittings
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import Parser, run_command
-from utils import UsageError, safe_name
+from utils import UsageError, atomic_write, safe_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "trained_models")
@@ -128,7 +128,7 @@ def write_readme(readme: str, text: str) -> None:
         raise UsageError(f"{readme} has no {BEGIN} ... {END} block: add one where the table goes")
     head, rest = content.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    with open(readme, "w") as f:
+    with atomic_write(readme) as f:
         f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 sittings,
             )
             out = os.path.splitext(path)[0] + ".json"
-            with open(out, "w") as f:
+            with atomic_write(out) as f:
                 json.dump(data, f, indent=2)
             e = data["evaluation"]
             print(f"{data['env']}: {e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games; wrote {out}")
