@@ -213,3 +213,40 @@ def test_test_games_act_in_the_workers_precision(bf16):
         other, _, _ = agent.model.recur(encode(agent.model, agent.obs, not bf16), agent.state)
     assert torch.equal(value, expected) and not torch.equal(value, other)
     agent.close()
+
+
+@pytest.mark.parametrize("save_max", [False, True])
+def test_the_test_process_saves_the_shared_weights_of_now_or_with_save_max_those_that_played(
+    tmp_path, monkeypatch, save_max
+):
+    """Without --save-max the checkpoint's weights are the shared ones at the save, which match the optimizer
+    statistics, frames and time saved beside them; with --save-max they are the weights that scored."""
+    import logging
+    import os
+
+    import test
+    from agent import play_game
+    from checkpoint import load_checkpoint
+    from run_setup import build_run
+
+    cfg = Config(env="tests.pixel_envs:Cue-v0", workers=1, hidden_size=32, test_interval=0, save_max=save_max)
+    cfg = replace(cfg, log_dir=str(tmp_path), save_model_dir=str(tmp_path))
+    logger = logging.getLogger("test-process")
+    run = replace(build_run(cfg, make_env(cfg.env).action_space.n, None, logger), parent_pid=os.getppid())
+    played = []
+
+    def play_then_a_worker_updates(agent, **kwargs):
+        game = play_game(agent, **kwargs)
+        played.append({k: v.clone() for k, v in agent.model.state_dict().items()})
+        with torch.no_grad():
+            for p in run.model.parameters():  # a worker's update lands while the game is played
+                p.add_(0.01)
+        run.stop.set()
+        return game
+
+    monkeypatch.setattr(test, "play_game", play_then_a_worker_updates)
+    test.run_tests(run, logger, seed=1)
+    saved = load_checkpoint(cfg.checkpoint_path()).model
+    expected = played[0] if save_max else run.model.state_dict()
+    assert len(played) == 1 and all(torch.equal(saved[k], expected[k]) for k in saved)
+    assert not all(torch.equal(played[0][k], run.model.state_dict()[k]) for k in saved)
