@@ -5,13 +5,15 @@
     python -m benchmarks.bench --phases             # also: where one worker's time goes, per agent step
     python -m benchmarks.bench --gpu-ids 0 --workers 16 --variants fast --mps off   # A3G without MPS
     python -m benchmarks.bench --gpu-ids 0 --workers 16 --variants fast replay graph  # the acting paths
+    python -m benchmarks.bench --variants textbook fast replay --precisions fp32 bf16  # fp32 and bf16 side by side
 
 Every variant runs the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
 memory layout; the fast path keeps only the convolutions' graph while acting, replays the LSTM and
 heads over each rollout in one batched pass, and runs channels-last convolutions; `replay` is the fast
 path with --replay-convs (acting without autograd, the convolutions recomputed in one pass at the
-update) and `graph` with --cuda-graph (GPU workers only). Variants alternate for --rounds rounds, so
+update) and `graph` with --cuda-graph (GPU workers only); each of these three runs once per
+--precisions entry (`fast bf16` is the fast path with --bf16 on). Variants alternate for --rounds rounds, so
 their ratios hold on a noisy machine. Prints a table and writes JSON. Workers that share a GPU get the
 CUDA MPS that --mps asks for, as main.py's do (mps.py). --phases also counts the tensor operations each
 phase dispatches per agent step: on a GPU each is a kernel launch or a copy that the host pays for.
@@ -47,6 +49,7 @@ from train import Worker, train_worker
 from utils import UsageError, atomic_write
 
 VARIANTS = ("textbook", "fast", "replay", "graph")
+PRECISIONS = ("fp32", "bf16")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -252,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(p)
     p.add_argument("--envs-per-worker", type=int, default=1, help="for the fast path (the baseline keeps 1)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the fast path and its variants")
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=["fp32"],
+        help="the fast path and its variants in each: fp32 bf16 measures both side by side (the textbook stays fp32)",
+    )
     p.add_argument("--warmup", type=float, default=15.0, help="seconds counted from every worker's first update")
     p.add_argument("--duration", type=float, default=30.0, help="seconds counted per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating baseline/fast rounds")
@@ -271,14 +280,14 @@ def benchmark(args) -> int:
         raise UsageError("--duration, --rounds, --phase-updates and --workers must be positive, --warmup >= 0")
     log_dir = tempfile.mkdtemp(prefix="bench-logs-")  # worker error logs stay out of the user's training log
     common = Config(env=args.env, workers=args.workers, gpu_ids=tuple(args.gpu_ids), log_dir=log_dir)
-    fast = replace(common, envs_per_worker=args.envs_per_worker, bf16="on" if args.bf16 else "off")
-    variants = {
-        "textbook": replace(common, textbook=True, channels_last=False),
-        "fast": fast,
-        "replay": replace(fast, replay_convs=True),
-        "graph": replace(fast, cuda_graph=True),
-    }
-    variants = {name: variants[name] for name in VARIANTS if name in args.variants}
+    variants = {"textbook": replace(common, textbook=True, channels_last=False)} if "textbook" in args.variants else {}
+    for precision in PRECISIONS:
+        if precision not in args.precisions:
+            continue
+        fast = replace(common, envs_per_worker=args.envs_per_worker, bf16="on" if precision == "bf16" else "off")
+        paths = {"fast": fast, "replay": replace(fast, replay_convs=True), "graph": replace(fast, cuda_graph=True)}
+        suffix = " bf16" if precision == "bf16" else ""
+        variants |= {name + suffix: cfg for name, cfg in paths.items() if name in args.variants}
     for cfg in variants.values():
         check_values(cfg)  # main.py's checks: GPU ids that exist, the graph variant only on GPU workers
     num_actions = describe_env(args.env, "config.json")
@@ -294,7 +303,7 @@ def benchmark(args) -> int:
                     print(f"error: {name}: {e} (worker logs in {log_dir})", file=sys.stderr)
                     return 1
                 runs[name].append(result)
-                print(f"round {round_ + 1}: {name:8s} {result['frames_per_s']:8.0f} frames/s", flush=True)
+                print(f"round {round_ + 1}: {name:11s} {result['frames_per_s']:8.0f} frames/s", flush=True)
     summary = {}
     for name, results in runs.items():
         summary[name] = {
@@ -326,7 +335,7 @@ def benchmark(args) -> int:
             "workers": args.workers,
             "gpu_ids": args.gpu_ids,
             "envs_per_worker": args.envs_per_worker,
-            "bf16": args.bf16,
+            "precisions": args.precisions,
             "mps": args.mps,
             "warmup_s": args.warmup,
             "duration_s": args.duration,

@@ -26,15 +26,16 @@ def test_bench_prints_the_table_and_writes_json(tmp_path):
     assert abs(printed - data["ratio"]) < 0.006 and data["ratio"] > 0
 
 
-def test_bench_measures_only_the_variants_asked_for(tmp_path):
+def test_bench_measures_only_the_variants_asked_for_in_each_precision(tmp_path):
     out = tmp_path / "bench.json"
     args = ("--workers", 1, "--warmup", 1, "--duration", 2, "--rounds", 1, "--variants", "fast", "--mps", "on")
-    result = run_cli("-m", "benchmarks.bench", *args, "--json", out, timeout=300)
+    result = run_cli("-m", "benchmarks.bench", *args, "--precisions", "fp32", "bf16", "--json", out, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "| fast |" in result.stdout and "textbook" not in result.stdout
+    assert "| fast |" in result.stdout and "| fast bf16 |" in result.stdout and "textbook" not in result.stdout
     assert "--mps on: no two processes share a GPU" in result.stdout
     data = json.loads(out.read_text())
-    assert list(data["summary"]) == ["fast"] and data["ratio"] is None and data["mps"] == "on"
+    assert list(data["summary"]) == ["fast", "fast bf16"] and data["ratio"] is None and data["mps"] == "on"
+    assert data["precisions"] == ["fp32", "bf16"]
 
 
 def test_bench_rejects_a_bad_duration_in_one_line():
