@@ -84,7 +84,8 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
         *(cfg.env, cfg.workers, devices, "sampled" if cfg.test_stochastic else "greedy"),
         *(cfg.log_dir, cfg.save_model_dir),
     )
-    logger.info("precision: %s", describe_bf16(cfg.bf16, cfg.device_for(0)))
+    device = cfg.device_for(0)
+    logger.info("precision: %s; acting path: %s", describe_bf16(cfg.bf16, device), cfg.acting_path(device))
     run = build_run(cfg, num_actions, ckpt, logger)
     peers = None
     if cluster is not None:

@@ -24,6 +24,7 @@ def setting(
 
 
 BF16_MODES = ("auto", "on", "off")
+REPLAY_MODES = ("auto", "on", "off")
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's flags of CPUs with bf16 matrix or vector units
 
 
@@ -135,10 +136,13 @@ class Config:
         choices=BF16_MODES,
         bare="on",
     )
-    replay_convs: bool = setting(
-        False,
-        "act without autograd and recompute the rollout's convolutions in one batched pass at the update "
-        "(fewer, larger kernels for a GPU; on a CPU a second forward)",
+    replay_convs: str = setting(
+        "auto",
+        "act without autograd and recompute the rollout's convolutions in one batched pass at the update: on, "
+        "off, or auto (on for CPU workers whose convolutions run in bf16, where the batched pass is measured "
+        "faster; off in fp32 and on GPUs until measured there); --replay-convs alone is on",
+        choices=REPLAY_MODES,
+        bare="on",
     )
     cuda_graph: bool = setting(
         False, "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs)"
@@ -180,13 +184,14 @@ class Config:
         gpu = self.gpu_ids[rank % len(self.gpu_ids)]
         return torch.device("cpu") if gpu < 0 else torch.device("cuda", gpu)
 
-    @property
-    def acting_path(self) -> str:
-        """The worker's acting path (train.ACTING_PATHS): "textbook" (benchmarks' baseline), "replay"
-        (--replay-convs, or --cuda-graph, whose captured forward keeps no autograd graph), else "fast"."""
+    def acting_path(self, device: torch.device) -> str:
+        """The acting path (train.ACTING_PATHS) of a worker on `device`: "textbook" (benchmarks' baseline),
+        "replay" (--replay-convs on, auto with bf16 on a CPU, or --cuda-graph, whose captured forward keeps no
+        autograd graph), else "fast"."""
         if self.textbook:
             return "textbook"
-        return "replay" if self.replay_convs or self.cuda_graph else "fast"
+        auto = self.replay_convs == "auto" and device.type == "cpu" and self.uses_bf16(device)
+        return "replay" if auto or self.replay_convs == "on" or self.cuda_graph else "fast"
 
     def seed_for(self, slot: int, incarnation: int = 0) -> int:
         """The first seed of process `slot` (workers 0..workers-1, the test process: workers); its env i takes
@@ -306,7 +311,7 @@ def check_values(cfg: Config) -> None:
     if cfg.amsgrad and cfg.optimizer != "Adam":
         raise UsageError(f"--amsgrad is a variant of Adam: drop it, or pass --optimizer Adam (got {cfg.optimizer})")
     check_gpus(cfg.gpu_ids)
-    if cfg.textbook and (cfg.replay_convs or cfg.cuda_graph):
+    if cfg.textbook and (cfg.replay_convs == "on" or cfg.cuda_graph):
         raise UsageError("the textbook path keeps each step's autograd graph: drop --replay-convs and --cuda-graph")
     if cfg.cuda_graph and -1 in cfg.gpu_ids:
         raise UsageError("--cuda-graph captures the acting forward on a GPU: pass --gpu-ids with GPU ids too")

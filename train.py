@@ -224,7 +224,7 @@ class Worker:
         cfg = self.cfg = run.cfg
         self.rank, self.run = rank, run
         self.device = cfg.device_for(rank)
-        self.path = ACTING_PATHS[cfg.acting_path]
+        self.path = ACTING_PATHS[cfg.acting_path(self.device)]
         envs = [make_env_for(cfg) for _ in range(cfg.envs_per_worker)]
         self.model = build_model(envs[0].action_space.n, cfg, self.device)
         self.optimizer = run.optimizer or make_optimizer(

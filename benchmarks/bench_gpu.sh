@@ -2,7 +2,8 @@
 # A3G on one GPU box: the GPU tests, and nvidia-smi's processes during an A3G run under MPS (expected: one MPS
 # server, each process on its own GPU only) and during one with CUDA_VISIBLE_DEVICES=$GPU and --mps on;
 # frames/s side by side (16 CPU workers; 16 A3G workers without MPS; with MPS on the fast path, with
-# --replay-convs and with --cuda-graph; with MPS and 4 envs per worker); one worker's phases (ms and
+# --replay-convs and with --cuda-graph; with MPS and 4 envs per worker; with MPS and --bf16 on, on the fast
+# path and with --replay-convs); one worker's phases (ms and
 # operations per agent step) on each acting path; and one time-to-score run to a 5-game test mean of 18 with
 # the defaults. Prints a table and keeps every log and JSON in OUT. PARTS picks
 # what runs: all four take about 11 minutes, more than one device call allows, so run them in two calls,
@@ -98,6 +99,7 @@ if part speed; then
     bench a3g --gpu-ids "$GPU" --mps off --variants fast
     bench a3g_mps --gpu-ids "$GPU" --mps on --variants fast replay $GRAPH
     bench a3g_mps_k4 --gpu-ids "$GPU" --mps on --envs-per-worker 4 --variants fast $GRAPH
+    bench a3g_mps_bf16 --gpu-ids "$GPU" --mps on --precisions bf16 --variants fast replay
 fi
 
 if part phases; then
@@ -120,7 +122,7 @@ import json, os, sys
 
 out = sys.argv[1]
 rows = {}
-for name in ("cpu", "a3g", "a3g_mps", "a3g_mps_k4"):
+for name in ("cpu", "a3g", "a3g_mps", "a3g_mps_k4", "a3g_mps_bf16"):
     path = os.path.join(out, f"{name}.json")
     if os.path.exists(path):
         with open(path) as f:

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import pytest
+import torch
 
 from settings import Config
 
@@ -52,11 +53,14 @@ def test_acting_without_autograd_is_checked_against_the_textbook_path_and_the_cp
     from settings import check_values
     from utils import UsageError
 
-    assert Config().acting_path == "fast" and Config(textbook=True).acting_path == "textbook"
-    assert parse_config(["--replay-convs"]).acting_path == Config(cuda_graph=True).acting_path == "replay"
-    check_values(Config(replay_convs=True))
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert Config().acting_path(cpu) == "fast" and Config(textbook=True).acting_path(cpu) == "textbook"
+    on = parse_config(["--replay-convs"])
+    assert on.replay_convs == "on" and on.acting_path(cpu) == Config(cuda_graph=True).acting_path(gpu) == "replay"
+    check_values(Config(replay_convs="on"))
+    check_values(Config(textbook=True))  # auto gives way to the textbook path
     with pytest.raises(UsageError, match="^the textbook path keeps each step's autograd graph: drop --replay-convs"):
-        check_values(Config(textbook=True, replay_convs=True))
+        check_values(Config(textbook=True, replay_convs="on"))
     with pytest.raises(UsageError, match="^--cuda-graph captures the acting forward on a GPU: pass --gpu-ids"):
         check_values(Config(cuda_graph=True))
 
@@ -116,6 +120,16 @@ def test_the_default_worker_count_is_the_cpus_this_process_may_use_and_at_most_1
         timeout=60,
     )
     assert pinned.stdout.strip() == "1", pinned.stderr
+
+
+def test_replay_convs_auto_follows_the_precision_a_cpu_worker_takes():
+    """auto recomputes the convolutions where bench.py measured it faster (bf16 on a CPU), not in fp32 or on GPUs."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert Config(bf16="on").acting_path(cpu) == "replay" and Config(bf16="off").acting_path(cpu) == "fast"
+    assert Config(bf16="on").acting_path(gpu) == "fast"
+    assert Config(bf16="on", replay_convs="on").acting_path(gpu) == "replay"
+    assert Config(bf16="on", replay_convs="off").acting_path(cpu) == "fast"
+    assert Config(bf16="off", replay_convs="on").acting_path(cpu) == "replay"
 
 
 def test_bf16_auto_is_on_where_the_cpu_has_native_bf16_units_and_off_elsewhere(tmp_path):

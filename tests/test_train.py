@@ -136,7 +136,7 @@ def test_truncated_episode_bootstraps_from_the_critic_terminated_does_not():
     assert rollout.dones[19, 0] == 1 and rollout.rewards[19, 0] in (0.0, 1.0)
 
 
-@pytest.mark.parametrize("replay_convs", [False, True])
+@pytest.mark.parametrize("replay_convs", ["off", "auto"])
 def test_bf16_convolutions_train_a_few_finite_updates(replay_convs):
     from run_setup import build_run
     from train import Worker
@@ -147,6 +147,7 @@ def test_bf16_convolutions_train_a_few_finite_updates(replay_convs):
     torch.manual_seed(0)
     run = build_run(cfg, 2, None, logger=None)
     worker = Worker(0, run)
+    assert worker.path.name == {"off": "fast", "auto": "replay"}[replay_convs]
     conv_dtypes, lstm_dtypes = set(), set()
     worker.model.conv1.register_forward_hook(lambda module, args, out: conv_dtypes.add(out.dtype))
     worker.model.lstm.register_forward_hook(lambda module, args, out: lstm_dtypes.add(out[0].dtype))
