@@ -18,6 +18,7 @@ outlives its run.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ VISIBLE = "CUDA_VISIBLE_DEVICES"
 ROOT_UID = 0  # NVIDIA's multi-user setup: root's daemon starts a server for whichever user connects
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 60.0
+CLIENT_TIMEOUT = 5.0
 COST = "they take turns on it instead of running at once (README: A3G and MPS)"
 START_IT = f"start it with `{CONTROL} -d` as a user allowed to (root or the GPU's owner)"
 
@@ -84,12 +86,42 @@ class Gpu:
 def daemon_owner(pipe_dir: str) -> int | None:
     """The uid of the daemon whose control socket is in `pipe_dir` and answers, else None."""
     path = os.path.join(pipe_dir, "control")
-    with socket.socket(socket.AF_UNIX) as probe_socket:
-        try:
-            probe_socket.connect(path)
-        except OSError:
-            return None
-    return os.stat(path).st_uid
+    if connect_error(path) is not None and not client_answers(pipe_dir):
+        return None
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None  # it quit meanwhile
+
+
+def connect_error(path: str) -> str | None:
+    """None where the control socket at `path` takes a connection, else why not. NVIDIA does not document the
+    socket's type: one the kernel refuses to a stream socket as the wrong type is tried as a packet socket."""
+    error = ""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+        with socket.socket(socket.AF_UNIX, kind) as client:
+            try:
+                client.connect(path)
+            except OSError as e:
+                error = f"connect: {e.strerror}"
+                if e.errno != errno.EPROTOTYPE:
+                    break
+            else:
+                return None
+    return error
+
+
+def client_answers(pipe_dir: str) -> bool:
+    """Whether NVIDIA's own client gets an answer (`get_server_list`) from a daemon whose control socket is in
+    `pipe_dir`, where our connect failed: the documented interface has the last word. Asked only where that
+    socket exists, so a machine without a daemon spawns nothing."""
+    if not os.path.exists(os.path.join(pipe_dir, "control")):
+        return False
+    try:
+        done = run_control([], {ENV_KEYS[0]: pipe_dir}, stdin="get_server_list\n", timeout=CLIENT_TIMEOUT)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 def smi_gpus() -> list[Gpu]:
@@ -335,12 +367,14 @@ def started_line(line: str, daemon: Daemon, visible: str | None) -> str:
 # ---------------------------------------------------------------- the guard process
 
 
-def run_control(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_control(
+    args: list[str], env: dict[str, str], stdin: str | None = None, timeout: float = STOP_TIMEOUT
+) -> subprocess.CompletedProcess:
     control = shutil.which(CONTROL)
     if control is None:
         raise OSError(f"{CONTROL} is not installed")
     return subprocess.run(
-        [control, *args], input=stdin, env={**os.environ, **env}, capture_output=True, text=True, timeout=STOP_TIMEOUT
+        [control, *args], input=stdin, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -368,7 +402,9 @@ def start_daemon(env: dict[str, str]) -> str | None:
         if daemon_owner(pipe_dir) is not None:
             return None
         time.sleep(0.1)
-    return f"no control socket in {pipe_dir} after {START_TIMEOUT:g} s{log_tail(log_dir)}"
+    control = os.path.join(pipe_dir, "control")
+    why = connect_error(control)
+    return f"its control socket {control} did not answer within {START_TIMEOUT:g} s ({why}){log_tail(log_dir)}"
 
 
 def stop_daemon(env: dict[str, str]) -> str | None:

@@ -8,6 +8,7 @@ tested in test_cuda.py where CUDA is present.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -243,6 +244,18 @@ def test_a_daemon_started_for_the_run_stops_however_the_run_ends(stand_in, end):
         assert "CUDA MPS: stopped the run's daemon" in rest
     if end == "crash":
         assert "RuntimeError: a crash in the run" in rest
+
+
+def test_a_control_socket_that_takes_packets_answers_and_one_nobody_listens_on_does_not(tmp_path):
+    """NVIDIA does not document the control socket's type: a packet socket is found as a stream one is."""
+    control = str(tmp_path / "control")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as server:
+        server.bind(control)
+        server.listen()
+        assert mps.connect_error(control) is None and mps.daemon_owner(str(tmp_path)) == ME
+    assert mps.connect_error(control) == "connect: Connection refused"  # the file stays, nobody listens
+    assert mps.daemon_owner(str(tmp_path)) is None
+    assert mps.connect_error(str(tmp_path / "none")) == "connect: No such file or directory"
 
 
 @pytest.fixture
