@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agent import Agent, encode
+from agent import Agent, encode, to_device
 from environment import frames_per_step, make_env_for
 from hogwild import SharedLink
 from metrics import setup_logger, tensorboard_writer
@@ -168,8 +168,8 @@ def collect_rollout(agent: Agent, steps: int, gamma: float, path=ACTING_PATHS["f
         kept=tuple(torch.stack(column) for column in zip(*kept)),
         starts=torch.stack(starts),
         actions=torch.stack(actions),
-        rewards=torch.from_numpy(np.stack(rewards)).to(device),
-        dones=torch.from_numpy(np.stack(dones).astype(np.float32)).to(device),
+        rewards=to_device(torch.from_numpy(np.stack(rewards)), device),
+        dones=to_device(torch.from_numpy(np.stack(dones).astype(np.float32)), device),
         state=state,
         bootstrap=bootstrap,
     )
