@@ -28,16 +28,16 @@ class SharedLink:
 
     def pull(self) -> None:
         """The shared weights into the worker's model. To a GPU through pinned buffers, without waiting: a copy
-        from pageable memory waits for the device, sixteen times an update. The buffers are refilled at the next
-        pull, after the update's push has waited for the device; a copy that still read one would take a mix of
-        two snapshots of the weights, which Hogwild takes anyway from writers that do not lock."""
+        from pageable memory waits for the device, once per parameter. The buffers are refilled at the next
+        pull, after a device wait (the push's, an acting step's); a copy that still read one would take a mix of
+        two snapshots of the weights, as Hogwild takes anyway from writers that do not lock."""
         with torch.no_grad():
             if not self.pin:
                 for local, shared in zip(self.local, self.shared):
                     local.copy_(shared)
                 return
             if not self.staging:
-                self.staging = [torch.empty(p.shape, pin_memory=True) for p in self.shared]
+                self.staging = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) for p in self.shared]
             for stage, local, shared in zip(self.staging, self.local, self.shared):
                 local.copy_(stage.copy_(shared), non_blocking=True)
 

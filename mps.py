@@ -43,6 +43,7 @@ ROOT_UID = 0  # NVIDIA's multi-user setup: root's daemon starts a server for whi
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 60.0
 CLIENT_TIMEOUT = 5.0
+NOBODY_THERE = (errno.ENOENT, errno.ECONNREFUSED)  # a connect error that says no daemon listens
 COST = "they take turns on it instead of running at once (README: A3G and MPS)"
 START_IT = f"start it with `{CONTROL} -d` as a user allowed to (root or the GPU's owner)"
 
@@ -86,7 +87,8 @@ class Gpu:
 def daemon_owner(pipe_dir: str) -> int | None:
     """The uid of the daemon whose control socket is in `pipe_dir` and answers, else None."""
     path = os.path.join(pipe_dir, "control")
-    if connect_error(path) is not None and not client_answers(pipe_dir):
+    error = connect_error(path)
+    if error is not None and (error.errno in NOBODY_THERE or not client_answers(pipe_dir)):
         return None
     try:
         return os.stat(path).st_uid
@@ -94,16 +96,18 @@ def daemon_owner(pipe_dir: str) -> int | None:
         return None  # it quit meanwhile
 
 
-def connect_error(path: str) -> str | None:
-    """None where the control socket at `path` takes a connection, else why not. NVIDIA does not document the
-    socket's type: one the kernel refuses to a stream socket as the wrong type is tried as a packet socket."""
-    error = ""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+def connect_error(path: str) -> OSError | None:
+    """None where the control socket at `path` takes a connection, else the error. NVIDIA does not document
+    the socket's type: one the kernel refuses as the wrong type is tried as the next. Non-blocking, so that a
+    wedged daemon's full backlog fails at once instead of hanging the run."""
+    error = None
+    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_UNIX, kind) as client:
+            client.setblocking(False)
             try:
                 client.connect(path)
             except OSError as e:
-                error = f"connect: {e.strerror}"
+                error = e
                 if e.errno != errno.EPROTOTYPE:
                     break
             else:
@@ -111,17 +115,19 @@ def connect_error(path: str) -> str | None:
     return error
 
 
+def describe_error(error: OSError | None) -> str:
+    return "it answers" if error is None else f"connect: {error.strerror or error}"
+
+
 def client_answers(pipe_dir: str) -> bool:
-    """Whether NVIDIA's own client gets an answer (`get_server_list`) from a daemon whose control socket is in
-    `pipe_dir`, where our connect failed: the documented interface has the last word. Asked only where that
-    socket exists, so a machine without a daemon spawns nothing."""
-    if not os.path.exists(os.path.join(pipe_dir, "control")):
-        return False
+    """Whether NVIDIA's own client gets an answer (`get_server_list`) from the daemon whose control socket is in
+    `pipe_dir`, where our connect failed for a reason other than nobody listening: the documented interface
+    has the last word."""
     try:
         done = run_control([], {ENV_KEYS[0]: pipe_dir}, stdin="get_server_list\n", timeout=CLIENT_TIMEOUT)
     except (OSError, subprocess.SubprocessError):
         return False
-    return done.returncode == 0
+    return done.returncode == 0 and "Cannot find MPS control daemon" not in done.stdout + done.stderr
 
 
 def smi_gpus() -> list[Gpu]:
@@ -403,7 +409,7 @@ def start_daemon(env: dict[str, str]) -> str | None:
             return None
         time.sleep(0.1)
     control = os.path.join(pipe_dir, "control")
-    why = connect_error(control)
+    why = describe_error(connect_error(control))
     return f"its control socket {control} did not answer within {START_TIMEOUT:g} s ({why}){log_tail(log_dir)}"
 
 

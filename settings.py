@@ -145,7 +145,7 @@ class Config:
         bare="on",
     )
     cuda_graph: bool = setting(
-        False, "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs)"
+        False, "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs on)"
     )
     test_interval: float = setting(5.0, "seconds the test process waits between games")
     test_stochastic: bool = setting(
@@ -313,6 +313,8 @@ def check_values(cfg: Config) -> None:
     check_gpus(cfg.gpu_ids)
     if cfg.textbook and (cfg.replay_convs == "on" or cfg.cuda_graph):
         raise UsageError("the textbook path keeps each step's autograd graph: drop --replay-convs and --cuda-graph")
+    if cfg.cuda_graph and cfg.replay_convs == "off":
+        raise UsageError("--cuda-graph acts without autograd, as --replay-convs on does: drop --replay-convs off")
     if cfg.cuda_graph and -1 in cfg.gpu_ids:
         raise UsageError("--cuda-graph captures the acting forward on a GPU: pass --gpu-ids with GPU ids too")
 

@@ -10,13 +10,14 @@
 Every variant runs the same real workers (train.py) on the same model and hyperparameters. The
 textbook baseline keeps each step's autograd graph (as the classic tool), in fp32 and the default
 memory layout; the fast path keeps only the convolutions' graph while acting, replays the LSTM and
-heads over each rollout in one batched pass, and runs channels-last convolutions (--replay-convs off); `replay`
-is the fast path with --replay-convs on (acting without autograd, the convolutions recomputed in one pass at the
-update) and `graph` with --cuda-graph (GPU workers only); each of these three runs once per
---precisions entry (`fast bf16` is the fast path with --bf16 on). Variants alternate for --rounds rounds, so
-their ratios hold on a noisy machine. Prints a table and writes JSON. Workers that share a GPU get the
-CUDA MPS that --mps asks for, as main.py's do (mps.py). --phases also counts the tensor operations each
-phase dispatches per agent step: on a GPU each is a kernel launch or a copy that the host pays for.
+heads over each rollout in one batched pass, and runs channels-last convolutions (--replay-convs off);
+`replay` is the fast path with --replay-convs on (acting without autograd, the convolutions recomputed in
+one pass at the update) and `graph` with --cuda-graph (GPU workers only); each of these three runs once per
+--precisions entry (`fast bf16` is the fast path with --bf16 on --replay-convs off). Variants alternate for
+--rounds rounds, so their ratios hold on a noisy machine. Prints a table and writes JSON. Workers that share
+a GPU get the CUDA MPS that --mps asks for, as main.py's do (mps.py). --phases also counts the tensor
+operations each phase dispatches per agent step: on a GPU each is a kernel launch or a copy that the host
+pays for.
 
 Time to a score, what a user waits for, is bench_score.py's.
 """
@@ -286,7 +287,11 @@ def benchmark(args) -> int:
             continue
         bf16 = "on" if precision == "bf16" else "off"
         fast = replace(common, envs_per_worker=args.envs_per_worker, bf16=bf16, replay_convs="off")
-        paths = {"fast": fast, "replay": replace(fast, replay_convs="on"), "graph": replace(fast, cuda_graph=True)}
+        paths = {
+            "fast": fast,
+            "replay": replace(fast, replay_convs="on"),
+            "graph": replace(fast, cuda_graph=True, replay_convs="on"),
+        }
         suffix = " bf16" if precision == "bf16" else ""
         variants |= {name + suffix: cfg for name, cfg in paths.items() if name in args.variants}
     for cfg in variants.values():

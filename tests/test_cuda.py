@@ -43,7 +43,7 @@ def test_gradients_from_a_gpu_worker_update_the_cpu_shared_model():
         assert apply_update(local, link, optimizer, scale * (value.sum() + logits.pow(2).sum()), 0)
         for p, b, lp in zip(shared.parameters(), before, local.parameters()):
             torch.testing.assert_close(p.detach(), b - lp.grad.cpu())
-        assert all(buffer.is_pinned() for buffer in link.grads)
+        assert all(buffer.is_pinned() for buffer in link.grads + link.staging)
 
 
 def test_an_update_from_a_gpu_waits_for_the_device_once_and_never_implicitly():
@@ -157,6 +157,7 @@ init_process("a3c gpu-1 probe", 1, gpu)
 shared = A3Clstm(1, 6, 64).share_memory()
 local = A3Clstm(1, 6, 64).to(gpu)
 link = SharedLink(shared, local, gpu)  # pinned buffers, a device wait: what would touch GPU 0
+link.pull()
 value, logits, _ = local(torch.randn(2, 1, 80, 80, device=gpu), local.initial_state(2, gpu))
 apply_update(local, link, torch.optim.SGD(shared.parameters(), lr=0.1), value.sum() + logits.sum(), 0.0)
 torch.cuda.synchronize(gpu)
@@ -200,11 +201,12 @@ def test_a_whole_worker_update_on_a_gpu_waits_once_per_agent_step_and_once_for_t
     cfg = Config(env="PongNoFrameskip-v4", workers=1, gpu_ids=(0,), num_steps=20)
     worker = Worker(0, build_run(cfg, 6, None, logger=None))
     worker.update()  # warm-up: lazy initialisations may wait
-    waits = Counter()  # where each wait came from: the innermost three frames of the stack
+    waits = Counter()  # where each wait came from: the innermost three frames of the repo's code
 
     def record(message, *_):
         if "synchroniz" in str(message):
-            waits["".join(traceback.format_stack()[-5:-2])] += 1
+            ours = [frame for frame in traceback.extract_stack()[:-1] if frame.filename.startswith(ROOT)]
+            waits["".join(traceback.format_list(ours[-3:]))] += 1
 
     torch.cuda.set_sync_debug_mode("warn")
     try:

@@ -61,6 +61,8 @@ def test_acting_without_autograd_is_checked_against_the_textbook_path_and_the_cp
     check_values(Config(textbook=True))  # auto gives way to the textbook path
     with pytest.raises(UsageError, match="^the textbook path keeps each step's autograd graph: drop --replay-convs"):
         check_values(Config(textbook=True, replay_convs="on"))
+    with pytest.raises(UsageError, match="^--cuda-graph acts without autograd, as --replay-convs on does: drop"):
+        check_values(Config(cuda_graph=True, replay_convs="off"))
     with pytest.raises(UsageError, match="^--cuda-graph captures the acting forward on a GPU: pass --gpu-ids"):
         check_values(Config(cuda_graph=True))
 
