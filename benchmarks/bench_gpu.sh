@@ -2,12 +2,13 @@
 # A3G on one GPU box: the GPU tests, and nvidia-smi's processes during an A3G run under MPS (expected: one MPS
 # server, each process on its own GPU only) and during one with CUDA_VISIBLE_DEVICES=$GPU and --mps on;
 # frames/s side by side (16 CPU workers; 16 A3G workers without MPS; with MPS on the fast path, with
-# --replay-convs and with --cuda-graph; with MPS and 4 envs per worker; with MPS and --bf16 on, on the fast
-# path and with --replay-convs); one worker's phases (ms and
-# operations per agent step) on each acting path; and one time-to-score run to a 5-game test mean of 18 with
-# the defaults. Prints a table and keeps every log and JSON in OUT. PARTS picks
-# what runs: all four take about 11 minutes, more than one device call allows, so run them in two calls,
-# PARTS="tests speed" (about 7 minutes) and then PARTS="phases score" (about 4), each rerunnable alone.
+# --replay-convs and with --cuda-graph; with MPS and 4 envs per worker; with MPS in bf16, on the fast path
+# and with --replay-convs); one worker's phases (ms and operations per agent step) on each acting path; and
+# one time-to-score run to a 5-game test mean of 18 with the defaults. Prints a table and keeps every log and
+# JSON in OUT. PARTS picks what runs. On an H200 on 2026-12-04, with MPS failing at once, "tests speed" took
+# 498 s and "phases score" 258 s (SCORE_TIME=150); with MPS serving, the MPS benches train and the parts take
+# longer, so run them as separate calls in this order, each well inside a 10-minute call and rerunnable
+# alone: PARTS=tests (about 6 minutes), PARTS="speed phases" (about 6), PARTS=score (SCORE_TIME + 1 minute).
 #
 #   bash benchmarks/bench_gpu.sh [OUT]          # OUT defaults to logs/bench_gpu
 #   GPU=0 WORKERS=16 SECONDS_PER=10 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
@@ -80,7 +81,7 @@ PYTHON
 
 if part tests; then
     echo "== GPU tests"
-    $PY -m pytest -q tests/test_cuda.py tests/test_mps.py
+    $PY -m pytest -q --durations=10 tests/test_cuda.py tests/test_mps.py
     VISIBLE_IDS=0
     [ "$GPU" = -1 ] && VISIBLE_IDS=-1
     smi_during_run a3g_smi --workers "$WORKERS" --gpu-ids "$GPU" --mps on
