@@ -32,6 +32,7 @@ from utils import UsageError, atomic_write, safe_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "trained_models")
+PRECISION = "off"  # --bf16 of the shipped figures: fp32 plays the same games on every CPU
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -60,7 +61,7 @@ def describe(
     where the run recorded them: benchmarks/sittings.py)."""
     ckpt = load_checkpoint(path)
     env = ckpt.args["env"]
-    results = evaluate(path, env, episodes=episodes, seed=seed, workers=workers)
+    results = evaluate(path, env, episodes=episodes, seed=seed, workers=workers, bf16=PRECISION)
     summary = results["summary"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
@@ -76,6 +77,7 @@ def describe(
             "commit": commit.stdout.strip(),
             "seed": seed,
             "hardware": bench_hardware(),
+            "bf16": PRECISION,
         },
         "evaluation": {k: summary[k] for k in ("games", "mean", "std", "min", "max", "median")},
         "games": [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]],

@@ -35,7 +35,7 @@ def test_every_setting_but_the_host_s_place_is_a_flag_with_config_s_default():
     assert parse_config([]) == Config(workers=default_workers((-1,)))
     cfg = parse_config(["--bf16", "--shared-optimizer", "False", "--gpu-ids", "0", "1", "--target-score", "18"])
     assert (cfg.bf16, cfg.shared_optimizer, cfg.gpu_ids, cfg.target_score) == ("on", False, (0, 1), 18.0)
-    assert parse_config(["--bf16", "auto"]).bf16 == "auto" and parse_config([]).bf16 == "off"
+    assert parse_config(["--bf16", "auto"]).bf16 == "auto" and parse_config([]).bf16 == "auto"
 
 
 def test_a_value_outside_a_setting_s_choices_is_one_line_for_the_api_too():
@@ -54,7 +54,7 @@ def test_acting_without_autograd_is_checked_against_the_textbook_path_and_the_cp
     from utils import UsageError
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert Config().acting_path(cpu) == "fast" and Config(textbook=True).acting_path(cpu) == "textbook"
+    assert Config(bf16="off").acting_path(cpu) == "fast" and Config(textbook=True).acting_path(cpu) == "textbook"
     on = parse_config(["--replay-convs"])
     assert on.replay_convs == "on" and on.acting_path(cpu) == Config(cuda_graph=True).acting_path(gpu) == "replay"
     check_values(Config(replay_convs="on"))

@@ -41,7 +41,8 @@ def test_a_shipped_model_scores_what_its_json_says(meta):
     ckpt = load_checkpoint(path)
     assert ckpt.args["env"] == recorded["env"] and ckpt.frames == recorded["frames"]
     assert recorded["evaluation"]["games"] == len(recorded["games"]) >= 100
-    results = evaluate(path, recorded["env"], episodes=REPLAYED, seed=recorded["evaluated"]["seed"], workers=REPLAYED)
+    seed, bf16 = recorded["evaluated"]["seed"], recorded["evaluated"].get("bf16", "off")  # replayed as played
+    results = evaluate(path, recorded["env"], episodes=REPLAYED, seed=seed, workers=REPLAYED, bf16=bf16)
     for played, saved in zip(results["games"], recorded["games"]):
         low, high = replay_bounds(recorded, saved)
         assert played["seed"] == saved["seed"]
