@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 from utils import UsageError
 
-MODES = ("auto", "on", "off")
 CONTROL = "nvidia-cuda-mps-control"
 DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"  # where the CUDA driver looks without CUDA_MPS_PIPE_DIRECTORY
 ENV_KEYS = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")

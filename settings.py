@@ -9,7 +9,6 @@ from functools import cache
 
 import torch
 
-from mps import MODES as MPS_MODES
 from utils import UsageError, safe_name
 
 
@@ -23,8 +22,7 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
-BF16_MODES = ("auto", "on", "off")
-REPLAY_MODES = ("auto", "on", "off")
+AUTO_ON_OFF = ("auto", "on", "off")  # the choices of --mps, --bf16 and --replay-convs
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's flags of CPUs with bf16 matrix or vector units
 
 
@@ -125,7 +123,7 @@ class Config:
         "auto",
         "CUDA MPS for workers sharing a GPU: auto uses a running daemon or starts one for the run and goes on "
         "without where it cannot; on makes that an error; off keeps workers off MPS",
-        choices=MPS_MODES,
+        choices=AUTO_ON_OFF,
     )
     envs_per_worker: int = setting(1, "environments each worker steps with one batched forward")
     channels_last: bool = setting(True, "channels-last memory layout for the convolutions")
@@ -134,7 +132,7 @@ class Config:
         "bfloat16 autocast for the convolutions: on, off, or auto (on where the CPU has native bf16 units, AMX "
         "or AVX512-BF16, where Pong reached 18 in fewer frames and minutes than fp32; off on other CPUs, which "
         "emulate bf16 slowly, and on GPUs until measured there); --bf16 alone is on",
-        choices=BF16_MODES,
+        choices=AUTO_ON_OFF,
         bare="on",
     )
     replay_convs: str = setting(
@@ -142,7 +140,7 @@ class Config:
         "act without autograd and recompute the rollout's convolutions in one batched pass at the update: on, "
         "off, or auto (on for CPU workers whose convolutions run in bf16, where the batched pass is measured "
         "faster; off in fp32 and on GPUs until measured there); --replay-convs alone is on",
-        choices=REPLAY_MODES,
+        choices=AUTO_ON_OFF,
         bare="on",
     )
     cuda_graph: bool = setting(
