@@ -112,14 +112,16 @@ def test_a3g_training_run(tmp_path, extra):
 
 
 def mps_server_running() -> bool:
-    """Whether an nvidia-cuda-mps-server runs: the control daemon starts one once a client connects."""
+    """Whether an nvidia-cuda-mps-server runs: the control daemon starts one once a client connects. Read from
+    each process's command line: /proc/PID/comm keeps only a name's first 15 characters."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "nvidia-cuda-mps-server":
-                    return True
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                program = f.read().split(b"\0")[0]
         except OSError:
             continue
+        if os.path.basename(program) == b"nvidia-cuda-mps-server":
+            return True
     return False
 
 
