@@ -85,7 +85,8 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
         *(cfg.log_dir, cfg.save_model_dir),
     )
     device = cfg.device_for(0)
-    logger.info("precision: %s; acting path: %s", describe_bf16(cfg.bf16, device), cfg.acting_path(device))
+    graph = ", through a captured CUDA graph" if cfg.uses_cuda_graph(device) else ""
+    logger.info("precision: %s; acting path: %s%s", describe_bf16(cfg.bf16, device), cfg.acting_path(device), graph)
     run = build_run(cfg, num_actions, ckpt, logger)
     peers = None
     if cluster is not None:

@@ -51,7 +51,7 @@ def describe_bf16(mode: str, device: torch.device) -> str:
     if mode != "auto":
         return f"{precision} (--bf16 {mode})"
     if device.type != "cpu":
-        return f"{precision} (--bf16 auto: on CPUs only until measured on a GPU)"
+        return f"{precision} (--bf16 auto: on CPUs only; on a GPU bf16 was measured slower on every acting path)"
     units = cpu_bf16_units()
     why = f"this CPU has {', '.join(units)}" if units else "this CPU has no native bf16 units (AMX, AVX512-BF16)"
     return f"{precision} (--bf16 auto: {why})"
@@ -131,20 +131,25 @@ class Config:
         "auto",
         "bfloat16 autocast for the convolutions: on, off, or auto (on where the CPU has native bf16 units, AMX "
         "or AVX512-BF16, where Pong reached 18 in fewer frames and minutes than fp32; off on other CPUs, which "
-        "emulate bf16 slowly, and on GPUs until measured there); --bf16 alone is on",
+        "emulate bf16 slowly, and on GPUs, where it was measured slower); --bf16 alone is on",
         choices=AUTO_ON_OFF,
         bare="on",
     )
     replay_convs: str = setting(
         "auto",
         "act without autograd and recompute the rollout's convolutions in one batched pass at the update: on, "
-        "off, or auto (on for CPU workers whose convolutions run in bf16, where the batched pass is measured "
-        "faster; off in fp32 and on GPUs until measured there); --replay-convs alone is on",
+        "off, or auto (on for GPU workers and for CPU workers whose convolutions run in bf16, where the batched "
+        "pass is measured faster; off for CPU workers in fp32, where it is slower); --replay-convs alone is on",
         choices=AUTO_ON_OFF,
         bare="on",
     )
-    cuda_graph: bool = setting(
-        False, "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs on)"
+    cuda_graph: str = setting(
+        "auto",
+        "replay each acting step's forward as one captured CUDA graph (GPU workers; implies --replay-convs on): "
+        "on, off, or auto (on for GPU workers, the fastest path measured there, unless --replay-convs off asks "
+        "for the autograd path; off on CPUs); --cuda-graph alone is on",
+        choices=AUTO_ON_OFF,
+        bare="on",
     )
     test_interval: float = setting(5.0, "seconds the test process waits between games")
     test_stochastic: bool = setting(
@@ -185,12 +190,19 @@ class Config:
 
     def acting_path(self, device: torch.device) -> str:
         """The acting path (train.ACTING_PATHS) of a worker on `device`: "textbook" (benchmarks' baseline),
-        "replay" (--replay-convs on, auto with bf16 on a CPU, or --cuda-graph, whose captured forward keeps no
-        autograd graph), else "fast"."""
+        "replay" (--replay-convs on, auto on a GPU or with bf16 on a CPU, or a CUDA graph, whose captured
+        forward keeps no autograd graph), else "fast"."""
         if self.textbook:
             return "textbook"
-        auto = self.replay_convs == "auto" and device.type == "cpu" and self.uses_bf16(device)
-        return "replay" if auto or self.replay_convs == "on" or self.cuda_graph else "fast"
+        auto = self.replay_convs == "auto" and (device.type == "cuda" or self.uses_bf16(device))
+        return "replay" if auto or self.replay_convs == "on" or self.uses_cuda_graph(device) else "fast"
+
+    def uses_cuda_graph(self, device: torch.device) -> bool:
+        """Whether a worker on `device` acts through a captured CUDA graph: --cuda-graph on, or auto on a GPU
+        where neither --replay-convs off nor the textbook path asks for acting with autograd."""
+        if self.cuda_graph == "auto":
+            return device.type == "cuda" and not self.textbook and self.replay_convs != "off"
+        return self.cuda_graph == "on"
 
     def seed_for(self, slot: int, incarnation: int = 0) -> int:
         """The first seed of process `slot` (workers 0..workers-1, the test process: workers); its env i takes
@@ -310,11 +322,11 @@ def check_values(cfg: Config) -> None:
     if cfg.amsgrad and cfg.optimizer != "Adam":
         raise UsageError(f"--amsgrad is a variant of Adam: drop it, or pass --optimizer Adam (got {cfg.optimizer})")
     check_gpus(cfg.gpu_ids)
-    if cfg.textbook and (cfg.replay_convs == "on" or cfg.cuda_graph):
+    if cfg.textbook and "on" in (cfg.replay_convs, cfg.cuda_graph):
         raise UsageError("the textbook path keeps each step's autograd graph: drop --replay-convs and --cuda-graph")
-    if cfg.cuda_graph and cfg.replay_convs == "off":
+    if cfg.cuda_graph == "on" and cfg.replay_convs == "off":
         raise UsageError("--cuda-graph acts without autograd, as --replay-convs on does: drop --replay-convs off")
-    if cfg.cuda_graph and -1 in cfg.gpu_ids:
+    if cfg.cuda_graph == "on" and -1 in cfg.gpu_ids:
         raise UsageError("--cuda-graph captures the acting forward on a GPU: pass --gpu-ids with GPU ids too")
 
 

@@ -237,7 +237,7 @@ class Worker:
             self.device,
             seed=cfg.seed_for(rank) if seed is None else seed,
             bf16=cfg.uses_bf16(self.device),
-            cuda_graph=cfg.cuda_graph,
+            cuda_graph=cfg.uses_cuda_graph(self.device),
         )
         self.steps = cfg.steps_for(rank)
         self.frames_per_rollout = round(self.steps * len(envs) * frames_per_step(envs[0]))

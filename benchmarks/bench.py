@@ -286,11 +286,11 @@ def benchmark(args) -> int:
         if precision not in args.precisions:
             continue
         bf16 = "on" if precision == "bf16" else "off"
-        fast = replace(common, envs_per_worker=args.envs_per_worker, bf16=bf16, replay_convs="off")
+        fast = replace(common, envs_per_worker=args.envs_per_worker, bf16=bf16, replay_convs="off", cuda_graph="off")
         paths = {
             "fast": fast,
             "replay": replace(fast, replay_convs="on"),
-            "graph": replace(fast, cuda_graph=True, replay_convs="on"),
+            "graph": replace(fast, cuda_graph="on", replay_convs="on"),
         }
         suffix = " bf16" if precision == "bf16" else ""
         variants |= {name + suffix: cfg for name, cfg in paths.items() if name in args.variants}

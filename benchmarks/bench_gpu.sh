@@ -2,18 +2,18 @@
 # A3G on one GPU box: the GPU tests, and nvidia-smi's processes during an A3G run under MPS (expected: one MPS
 # server, each process on its own GPU only) and during one with CUDA_VISIBLE_DEVICES=$GPU and --mps on;
 # frames/s side by side (16 CPU workers; 16 A3G workers without MPS; with MPS on the fast path, with
-# --replay-convs and with --cuda-graph; with MPS and 4 envs per worker; with MPS in bf16, on the fast path
-# and with --replay-convs); one worker's phases (ms and operations per agent step) on each acting path; and
-# one time-to-score run to a 5-game test mean of 18 with the defaults. Prints a table and keeps every log and
-# JSON in OUT. PARTS picks what runs. On an H200 on 2026-12-04, with MPS failing at once, "tests speed" took
-# 498 s and "phases score" 258 s (SCORE_TIME=150); with MPS serving, the MPS benches train and the parts take
-# longer, so run them as separate calls in this order, each well inside a 10-minute call and rerunnable
-# alone: PARTS=tests (about 6 minutes), PARTS="speed phases" (about 6), PARTS=score (SCORE_TIME + 1 minute).
+# --replay-convs and with --cuda-graph; with MPS and 4 envs per worker; with MPS in bf16, on each acting
+# path); one worker's phases (ms and operations per agent step) on each acting path; and one time-to-score
+# run to a 5-game test mean of 18 with the defaults (under MPS with the CUDA graph: 3.6 min on an H200 on
+# 2026-12-04). Prints a table and keeps every log and JSON in OUT. PARTS picks what runs. On that H200, with
+# MPS serving, a 16-worker bench took about 26 s per variant, so run the parts as separate calls in this order,
+# each well inside a 10-minute call and rerunnable alone: PARTS=tests (about 6 minutes), PARTS="speed phases"
+# (about 5), PARTS=score (SCORE_TIME + 1 minute).
 #
 #   bash benchmarks/bench_gpu.sh [OUT]          # OUT defaults to logs/bench_gpu
 #   GPU=0 WORKERS=16 SECONDS_PER=10 SCORE_TIME=180 PYTHON=python3 bash benchmarks/bench_gpu.sh
 #   PARTS="speed phases" bash benchmarks/bench_gpu.sh   # of: tests speed phases score
-#   SCORE_ARGS="--cuda-graph" bash benchmarks/bench_gpu.sh   # the score run with further main.py flags
+#   SCORE_ARGS="--cuda-graph off" bash benchmarks/bench_gpu.sh   # the score run with further main.py flags
 #   SCORE_CLASSIC=1 bash benchmarks/bench_gpu.sh   # also the classic --tau 1.0 --lr 1e-4, side by side
 #                                                 # (about 3 more minutes): which defaults suit 16 workers
 #
@@ -100,7 +100,7 @@ if part speed; then
     bench a3g --gpu-ids "$GPU" --mps off --variants fast
     bench a3g_mps --gpu-ids "$GPU" --mps on --variants fast replay $GRAPH
     bench a3g_mps_k4 --gpu-ids "$GPU" --mps on --envs-per-worker 4 --variants fast $GRAPH
-    bench a3g_mps_bf16 --gpu-ids "$GPU" --mps on --precisions bf16 --variants fast replay
+    bench a3g_mps_bf16 --gpu-ids "$GPU" --mps on --precisions bf16 --variants fast replay $GRAPH
 fi
 
 if part phases; then

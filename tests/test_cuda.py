@@ -86,7 +86,7 @@ def test_a_cuda_graphed_agent_acts_as_the_eager_forward_and_reads_the_weights_pu
     agent.close()
 
 
-@pytest.mark.parametrize("extra", [[], ["--cuda-graph"]])
+@pytest.mark.parametrize("extra", [[], ["--cuda-graph", "off"]])
 def test_a3g_training_run(tmp_path, extra):
     result = run_cli(
         "main.py",

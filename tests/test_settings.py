@@ -56,15 +56,15 @@ def test_acting_without_autograd_is_checked_against_the_textbook_path_and_the_cp
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert Config(bf16="off").acting_path(cpu) == "fast" and Config(textbook=True).acting_path(cpu) == "textbook"
     on = parse_config(["--replay-convs"])
-    assert on.replay_convs == "on" and on.acting_path(cpu) == Config(cuda_graph=True).acting_path(gpu) == "replay"
+    assert on.replay_convs == "on" and on.acting_path(cpu) == Config(cuda_graph="on").acting_path(gpu) == "replay"
     check_values(Config(replay_convs="on"))
     check_values(Config(textbook=True))  # auto gives way to the textbook path
     with pytest.raises(UsageError, match="^the textbook path keeps each step's autograd graph: drop --replay-convs"):
         check_values(Config(textbook=True, replay_convs="on"))
     with pytest.raises(UsageError, match="^--cuda-graph acts without autograd, as --replay-convs on does: drop"):
-        check_values(Config(cuda_graph=True, replay_convs="off"))
+        check_values(Config(cuda_graph="on", replay_convs="off"))
     with pytest.raises(UsageError, match="^--cuda-graph captures the acting forward on a GPU: pass --gpu-ids"):
-        check_values(Config(cuda_graph=True))
+        check_values(Config(cuda_graph="on"))
 
 
 def test_a_restarted_process_takes_seeds_that_no_env_of_the_run_uses():
@@ -125,13 +125,29 @@ def test_the_default_worker_count_is_the_cpus_this_process_may_use_and_at_most_1
 
 
 def test_replay_convs_auto_follows_the_precision_a_cpu_worker_takes():
-    """auto recomputes the convolutions where bench.py measured it faster (bf16 on a CPU), not in fp32 or on GPUs."""
+    """auto recomputes the convolutions where bench.py measured it faster (bf16 on a CPU, any GPU), not for CPU
+    workers in fp32."""
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert Config(bf16="on").acting_path(cpu) == "replay" and Config(bf16="off").acting_path(cpu) == "fast"
-    assert Config(bf16="on").acting_path(gpu) == "fast"
-    assert Config(bf16="on", replay_convs="on").acting_path(gpu) == "replay"
     assert Config(bf16="on", replay_convs="off").acting_path(cpu) == "fast"
     assert Config(bf16="off", replay_convs="on").acting_path(cpu) == "replay"
+    assert Config(cuda_graph="off").acting_path(gpu) == "replay"
+    assert Config(replay_convs="off").acting_path(gpu) == "fast"
+
+
+def test_cuda_graph_auto_captures_the_acting_forward_of_gpu_workers_only():
+    """auto takes the graph where bench.py measured it fastest (16 A3G workers under MPS: 1.37x the fast path),
+    never on a CPU, and gives way to an explicit autograd path."""
+    from main import parse_config
+    from settings import check_values
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert Config().uses_cuda_graph(gpu) and not Config().uses_cuda_graph(cpu)
+    assert not Config(replay_convs="off").uses_cuda_graph(gpu) and not Config(textbook=True).uses_cuda_graph(gpu)
+    assert not Config(cuda_graph="off").uses_cuda_graph(gpu) and Config(cuda_graph="on").uses_cuda_graph(gpu)
+    assert parse_config(["--cuda-graph"]).cuda_graph == "on"
+    check_values(Config(replay_convs="off"))  # auto gives way on a GPU, and is off on a CPU
+    check_values(Config(textbook=True, gpu_ids=(-1,)))
 
 
 def test_bf16_auto_is_on_where_the_cpu_has_native_bf16_units_and_off_elsewhere(tmp_path):
