@@ -204,6 +204,9 @@ def start_launcher(mode: str, how: str) -> tuple[subprocess.Popen, str, list[str
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # a shell's background job (`.ci/run &`) ignores SIGINT, and Python keeps an ignored SIGINT ignored:
+        # the Ctrl-C these tests send must reach the launcher as it reaches one started from a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
     )
     lines = []
     for line in launcher.stdout:
