@@ -28,6 +28,7 @@ from benchmarks.bench import hardware as bench_hardware
 from benchmarks.sittings import read_sittings
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import Parser, run_command
+from gym_eval import print_game
 from utils import UsageError, atomic_write, safe_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,15 @@ def describe(
     where the run recorded them: benchmarks/sittings.py)."""
     ckpt = load_checkpoint(path)
     env = ckpt.args["env"]
-    results = evaluate(path, env, episodes=episodes, seed=seed, workers=workers, bf16=PRECISION)
+    results = evaluate(
+        path,
+        env,
+        episodes=episodes,
+        seed=seed,
+        workers=workers,
+        bf16=PRECISION,
+        on_game=lambda game, games: print_game(game, games, episodes),
+    )
     summary = results["summary"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {

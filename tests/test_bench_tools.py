@@ -5,6 +5,7 @@ import re
 
 import torch
 
+from api import evaluate
 from checkpoint import PREPROCESSING, Checkpoint, save_checkpoint
 from model import A3Clstm
 from tests.helpers import run_cli
@@ -42,6 +43,24 @@ def test_eval_norm_plays_both_ways_from_the_same_first_game(tmp_path):
     assert "| fresh per game (gym_eval) |" in printed.stdout and "| carried across games" in printed.stdout
     refused = run_cli("-m", "benchmarks.eval_norm", path, "--games", 1)
     assert refused.returncode == 2 and refused.stderr.strip() == "error: --games must be at least 2"
+
+
+def test_eval_norm_takes_the_fresh_games_from_a_results_file_of_the_same_model(tmp_path):
+    from benchmarks.eval_norm import measure
+
+    torch.manual_seed(0)
+    path = tmp_path / "cue.dat"
+    model = A3Clstm(1, 2, 32).state_dict()
+    save_checkpoint(str(path), Checkpoint(model=model, args={"env": CUE}, frames=7, preprocessing=PREPROCESSING))
+    played = evaluate(str(path), CUE, episodes=3, seed=1, workers=1, results=str(tmp_path / "played.json"))
+    result = measure(str(path), None, games=2, seed=2, workers=1, fresh_results=str(tmp_path / "played.json"))
+    assert result["fresh"] == [g["reward"] for g in played["games"][1:]]
+
+    uncovered = run_cli("-m", "benchmarks.eval_norm", path, "--seed", 3, "--fresh-results", tmp_path / "played.json")
+    assert uncovered.returncode == 2 and "has no game with seed 4" in uncovered.stderr
+    save_checkpoint(str(path), Checkpoint(model=model, args={"env": CUE}, frames=8, preprocessing=PREPROCESSING))
+    other = run_cli("-m", "benchmarks.eval_norm", path, "--games", 2, "--fresh-results", tmp_path / "played.json")
+    assert other.returncode == 2 and "a checkpoint of 7 frames" in other.stderr
 
 
 def test_sittings_record_each_sitting_of_a_run_continued_with_load(tmp_path):
