@@ -149,6 +149,22 @@ class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, {**info, "new_game": new_game}
 
 
+class KeepScreen(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Keep the RGB screen after each step as `screen`. A vector env resets an env whose game ended in the
+    same step, so a render() after that step shows the next game's first screen; this one is taken before."""
+
+    def __init__(self, env: gym.Env):
+        assert env.render_mode == "rgb_array", "KeepScreen renders RGB arrays"
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
+        self.screen = None
+
+    def step(self, action):
+        result = self.env.step(action)
+        self.screen = self.env.render()
+        return result
+
+
 GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)
 
 
@@ -334,6 +350,8 @@ def make_env(
     env = NormalizeObservation(env)
     if training:
         env = ClipReward(env)
+    if render_mode == "rgb_array":
+        env = KeepScreen(env)
     return env
 
 

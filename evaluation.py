@@ -143,10 +143,10 @@ def play_in_pool(index: int) -> dict:
 
 def play_recorded(agent: Agent, greedy: bool, record: bool) -> tuple[float, int, list[np.ndarray]]:
     """One whole game in the agent's env 0: reward, length and, with `record`, the RGB screen before the
-    first step and after each one."""
+    first step and after each one (the game's own last screen: environment.KeepScreen)."""
     env = agent.envs[0]
     frames = [env.render()] if record else []
-    on_step = (lambda: frames.append(env.render())) if record else None
+    on_step = (lambda: frames.append(env.get_wrapper_attr("screen"))) if record else None
     reward, length, _ = play_game(agent, greedy=greedy, on_step=on_step)
     return reward, length, frames
 

@@ -3,10 +3,12 @@
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from api import load_agent
 from checkpoint import PREPROCESSING, load_checkpoint
 from model import A3Clstm
 from tests.helpers import run_cli
@@ -118,6 +120,17 @@ def test_records_mp4_and_gif(trained, tmp_path):
             gif.seek(i)
             durations.append(gif.info["duration"])
     assert abs(sum(durations) - (game["length"] + 1) * 1000 / 15) <= 10
+
+
+def test_a_recorded_game_ends_on_its_own_last_screen(trained):
+    player = load_agent(str(trained["model"]), seed=1)
+    game = player.play(record=True)
+    next_first = player.env.render()  # the env was reset in the game's last step: the next game's first screen
+    player.close()
+    assert len(game["frames"]) == game["length"] + 1
+    score = slice(0, 34)  # Pong's score: 21 for one side at the end, 0 and 0 at the start
+    assert not np.array_equal(game["frames"][-1][score], next_first[score])
+    assert np.array_equal(game["frames"][0][score], next_first[score])
 
 
 def test_record_every_n_games(trained, tmp_path):
