@@ -129,6 +129,9 @@ def benchmark(args) -> int:
                 flush=True,
             )
     base = results["1 host"]["frames_per_s"]
+    if base <= 0:
+        print("error: 1 host: no frames counted after --warmup: lengthen --warmup and --duration", file=sys.stderr)
+        return 1
     print("\n| run | frames/s | per core | vs 1 host | launch to stop | frames | test games: best, last 5 | stop |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for name, r in results.items():
