@@ -151,17 +151,19 @@ class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 class KeepScreen(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Keep the RGB screen after each step as `screen`. A vector env resets an env whose game ended in the
-    same step, so a render() after that step shows the next game's first screen; this one is taken before."""
+    same step, so a render() after that step shows the next game's first screen; this one is taken before.
+    With `keeping` off it renders nothing: an env built to record may play some games unrecorded."""
 
     def __init__(self, env: gym.Env):
         assert env.render_mode == "rgb_array", "KeepScreen renders RGB arrays"
         gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         self.screen = None
+        self.keeping = True
 
     def step(self, action):
         result = self.env.step(action)
-        self.screen = self.env.render()
+        self.screen = self.env.render() if self.keeping else None
         return result
 
 
@@ -198,25 +200,30 @@ class Preprocess(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 class NormalizeObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Standardise frames by a bias-corrected running mean/std of frame means and stds (as the classic tool).
 
-    The statistics run on across episodes and games, as in the classic tool; a seeded reset starts them
-    anew, so that `reset(seed=s)` gives the same frames every time.
+    In training the statistics run on across episodes and games, as in the classic tool. In played games
+    (`per_game`) they start anew with each game, as in a fresh env: carried on, a game that ALE ends after
+    27,000 steps of the ball looping over a cleared Breakout wall leaves statistics under which the next
+    games scored 0-22 instead of 314-415 (docs/benchmarks.md). A seeded reset starts them anew, so that
+    `reset(seed=s)` gives the same frames every time.
     """
 
-    def __init__(self, env: gym.Env, alpha: float = 0.9999):
-        gym.utils.RecordConstructorArgs.__init__(self, alpha=alpha)
+    def __init__(self, env: gym.Env, alpha: float = 0.9999, per_game: bool = False):
+        gym.utils.RecordConstructorArgs.__init__(self, alpha=alpha, per_game=per_game)
         super().__init__(env)
         shape = env.observation_space.shape
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape, np.float32)  # standardised: unbounded
         self.alpha = alpha
+        self.per_game = per_game
         self.mean = 0.0
         self.std = 0.0
         self.count = 0
 
     def reset(self, **kwargs):
-        if kwargs.get("seed") is not None:
+        obs, info = self.env.reset(**kwargs)
+        if kwargs.get("seed") is not None or (self.per_game and info.get("new_game", True)):
             self.mean = self.std = 0.0
             self.count = 0
-        return super().reset(**kwargs)
+        return self.observation(obs), info
 
     def observation(self, obs):
         self.count += 1
@@ -332,8 +339,9 @@ def make_env(
 ) -> gym.Env:
     """Build `env_id` with the preprocessing that training, testing and evaluation share.
 
-    `training` adds reward clipping only; played games report real scores. An episode ends at a
-    lost life (Atari), a game at game over; `max_episode_length` caps a game's agent steps.
+    `training` clips rewards and carries the frame statistics across games; played games report real
+    scores and standardise each game's frames by that game's statistics alone. An episode ends at a lost
+    life (Atari), a game at game over; `max_episode_length` caps a game's agent steps.
     """
     config = load_env_config(env_config)
     env = _make_base(env_id, render_mode)
@@ -347,7 +355,7 @@ def make_env(
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireReset(env)
     env = Preprocess(env, crop_for(env_id, config) if atari else None)
-    env = NormalizeObservation(env)
+    env = NormalizeObservation(env, per_game=not training)
     if training:
         env = ClipReward(env)
     if render_mode == "rgb_array":

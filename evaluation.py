@@ -145,6 +145,7 @@ def play_recorded(agent: Agent, greedy: bool, record: bool) -> tuple[float, int,
     """One whole game in the agent's env 0: reward, length and, with `record`, the RGB screen before the
     first step and after each one (the game's own last screen: environment.KeepScreen)."""
     env = agent.envs[0]
+    env.set_wrapper_attr("keeping", record, force=False)  # no KeepScreen: nothing to switch
     frames = [env.render()] if record else []
     on_step = (lambda: frames.append(env.get_wrapper_attr("screen"))) if record else None
     reward, length, _ = play_game(agent, greedy=greedy, on_step=on_step)

@@ -3,9 +3,10 @@
     python -m benchmarks.eval_norm trained_models/PongNoFrameskip-v4.dat --games 20
 
 gym_eval plays game i in a fresh env seeded seed + i, so the running mean/std of the frames starts anew each
-game. The classic tool's gym_eval (and api.Player) keeps one env, so the statistics run on from game to game
-(a lost game's env is reset without a seed). Both are played greedily with the same checkpoint; the script
-prints each one's mean, std, min and max, so that one semantics can be chosen on measurements.
+game. The classic tool's gym_eval keeps one env, so the statistics run on from game to game (a lost game's env
+is reset without a seed); the carried games here are api.Player's with its per-game restart switched off.
+Both are played greedily with the same checkpoint; the script prints each one's mean, std, min and max, so
+that one semantics can be chosen on measurements.
 `--fresh-results` takes the fresh-per-game games from a results file that already played them with this
 checkpoint (gym_eval's JSON, or a shipped model's JSON beside it) instead of playing them again.
 """
@@ -44,6 +45,7 @@ def recorded_games(path: str, model: str, games: int, seed: int) -> list[float]:
 def measure(model: str, env: str | None, games: int, seed: int, workers: int, fresh_results: str | None = None):
     recorded = recorded_games(fresh_results, model, games, seed) if fresh_results is not None else None
     player = load_agent(model, env, seed=seed)
+    player.env.set_wrapper_attr("per_game", False, force=False)  # the classic's one env: statistics carried
     try:
         carried = [player.play()["reward"] for _ in range(games)]
         env_id = player.checkpoint.args.get("env") if env is None else env
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(args.model, args.env, args.games, args.seed, args.workers, args.fresh_results)
         print(f"{result['env']}, {args.games} greedy games each, seed {args.seed}:")
         print(f"| statistics | mean ± std |\n| --- | --- |\n| fresh per game (gym_eval) | {summary(result['fresh'])} |")
-        print(f"| carried across games (classic gym_eval, Player) | {summary(result['carried'])} |")
+        print(f"| carried across games (classic gym_eval) | {summary(result['carried'])} |")
         return 0
 
     return run_command(body)

@@ -176,6 +176,33 @@ def test_lost_life_ends_training_episode_but_not_the_game():
     assert ale.lives() == 5 and ale.getEpisodeFrameNumber() < 200
 
 
+def frame_statistics_count_at_each_reset(training: bool) -> list[tuple[bool, int]]:
+    """Random Breakout until two games end: (a new game?, frames the running statistics hold) after each reset."""
+    env = E.make_env("BreakoutNoFrameskip-v4", training=training)
+    env.reset(seed=0)
+    norm = env.get_wrapper_attr("count")
+    rng = np.random.default_rng(0)
+    counts = []
+    while sum(new for new, _ in counts) < 2:
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(4)))
+        if terminated or truncated:
+            _, info = env.reset()
+            counts.append((info["new_game"], env.get_wrapper_attr("count")))
+    assert norm == 1
+    return counts
+
+
+def test_played_games_start_their_frame_statistics_anew_and_training_carries_them():
+    """A played game is standardised by its own frames, as in gym_eval's fresh env per game; a lost life
+    carries them on; training carries them across games, as the classic tool does."""
+    played, trained = frame_statistics_count_at_each_reset(False), frame_statistics_count_at_each_reset(True)
+    assert [new for new, _ in played] == [new for new, _ in trained] == [False] * 4 + [True] + [False] * 4 + [True]
+    played_counts, trained_counts = [c for _, c in played], [c for _, c in trained]
+    assert [c for (new, c) in played if new] == [1, 1]
+    assert all(b > a for a, b, (new, _) in zip(played_counts, played_counts[1:], played[1:]) if not new)
+    assert all(b > a for a, b in zip(trained_counts, trained_counts[1:]))
+
+
 def test_evaluation_plays_with_the_same_life_semantics_as_training():
     """As in the classic tool, a lost life ends the episode in evaluation too; only the clipping differs."""
     train, play = E.make_env("BreakoutNoFrameskip-v4"), E.make_env("BreakoutNoFrameskip-v4", training=False)

@@ -133,6 +133,16 @@ def test_a_recorded_game_ends_on_its_own_last_screen(trained):
     assert np.array_equal(game["frames"][0][score], next_first[score])
 
 
+def test_a_game_played_unrecorded_renders_no_screen(trained):
+    player = load_agent(str(trained["model"]), seed=1)
+    unrecorded = player.play()
+    screen = player.env.get_wrapper_attr("screen")
+    recorded = player.play(record=True)
+    player.close()
+    assert unrecorded["frames"] == [] and screen is None
+    assert len(recorded["frames"]) == recorded["length"] + 1
+
+
 def test_record_every_n_games(trained, tmp_path):
     videos = tmp_path / "videos"
     result = evaluate(
