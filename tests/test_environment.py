@@ -104,11 +104,13 @@ class NormalizedByHand:
         return (frame - self.mean / correction) / (self.std / correction + 1e-8)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["training", "played"])
 @pytest.mark.parametrize("env_id, skip, steps", [("PongNoFrameskip-v4", 4, 120), ("BreakoutNoFrameskip-v4", 2, 1500)])
-def test_frames_equal_the_classic_pipeline_computed_by_hand(monkeypatch, env_id, skip, steps):
+def test_frames_equal_the_classic_pipeline_computed_by_hand(monkeypatch, env_id, skip, steps, training):
     """Every observation, after resets, lost lives and across step boundaries (skip 2 keeps a frame of the
-    previous step in the max), equals the classic pipeline applied by hand to the raw ALE screens."""
-    env, tap = tapped_make_env(monkeypatch, env_id, skip_rate=skip, training=False)
+    previous step in the max), equals the classic pipeline applied by hand to the raw ALE screens; a played
+    game's normalisation starts anew with the game, training's runs on."""
+    env, tap = tapped_make_env(monkeypatch, env_id, skip_rate=skip, training=training)
     crop = E.crop_for(env_id, E.load_env_config("config.json"))
     normalize = NormalizedByHand()
     rng = np.random.default_rng(0)
@@ -127,7 +129,9 @@ def test_frames_equal_the_classic_pipeline_computed_by_hand(monkeypatch, env_id,
         if terminated or truncated:
             games += info["game_over"]
             lives_lost += not info["game_over"]
-            obs, _ = env.reset()
+            obs, reset_info = env.reset()
+            if reset_info["new_game"] and not training:
+                normalize = NormalizedByHand()
             check(obs)
     assert sum(kind == "reset" for kind, _, _ in tap.events) == games + 1
     if env_id.startswith("Breakout"):
