@@ -4,8 +4,9 @@ Atari ids get rl_a3c_pytorch's preprocessing, step for step, so that its models 
 did there and models trained here play there: on frame-skip-1 ids no-op starts and a frame skip
 whose observation is the max of the last three raw frames; episodic life; FIRE after every reset;
 crop, 80x80 area resize of the RGB crop, grayscale; running normalisation. Training adds reward
-clipping, nothing else: training, the test process and evaluation see the same frames and the
-same life semantics. Any other gymnasium env with image observations and discrete actions gets
+clipping and carries the normalisation's statistics across games; played games (the test process,
+evaluation) start them anew with each game. Otherwise all see the same frames and the same life
+semantics. Any other gymnasium env with image observations and discrete actions gets
 the resize, grayscale and normalisation only.
 """
 
