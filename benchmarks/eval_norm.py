@@ -45,8 +45,9 @@ def recorded_games(path: str, model: str, games: int, seed: int) -> list[float]:
 def measure(model: str, env: str | None, games: int, seed: int, workers: int, fresh_results: str | None = None):
     recorded = recorded_games(fresh_results, model, games, seed) if fresh_results is not None else None
     player = load_agent(model, env, seed=seed)
-    assert player.env.set_wrapper_attr("per_game", False, force=False)  # the classic's one env: carried statistics
     try:
+        carrying = player.env.set_wrapper_attr("per_game", False, force=False)  # the classic's one env
+        assert carrying, "no NormalizeObservation.per_game to switch off"
         carried = [player.play()["reward"] for _ in range(games)]
         env_id = player.checkpoint.args.get("env") if env is None else env
     finally:
