@@ -184,7 +184,7 @@ def frame_statistics_count_at_each_reset(training: bool) -> list[tuple[bool, int
     """Random Breakout until two games end: (a new game?, frames the running statistics hold) after each reset."""
     env = E.make_env("BreakoutNoFrameskip-v4", training=training)
     env.reset(seed=0)
-    norm = env.get_wrapper_attr("count")
+    after_seeded_reset = env.get_wrapper_attr("count")
     rng = np.random.default_rng(0)
     counts = []
     while sum(new for new, _ in counts) < 2:
@@ -192,7 +192,7 @@ def frame_statistics_count_at_each_reset(training: bool) -> list[tuple[bool, int
         if terminated or truncated:
             _, info = env.reset()
             counts.append((info["new_game"], env.get_wrapper_attr("count")))
-    assert norm == 1
+    assert after_seeded_reset == 1
     return counts
 
 
