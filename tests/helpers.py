@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -13,6 +14,13 @@ def run_cli(script, *args, cwd=ROOT, timeout=120):
     return subprocess.run(
         [sys.executable, script, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_cli_each(script, arg_lists, timeout=120, parallel=2):
+    """run_cli for each list of arguments, `parallel` at a time (a run that stops at bad input is mostly
+    Python importing torch); the results in the lists' order."""
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(lambda args: run_cli(script, *args, timeout=timeout), arg_lists))
 
 
 def start_cli(script, *args, cwd=ROOT):

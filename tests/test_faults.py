@@ -16,7 +16,7 @@ from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from metrics import read_metrics, read_progress
 from proctree import alive, descendants, find_titled
 from settings import Config
-from tests.helpers import ROOT, run_cli, start_cli, wait_for
+from tests.helpers import ROOT, run_cli, run_cli_each, start_cli, wait_for
 
 CUE = "tests.pixel_envs:Cue-v0"
 
@@ -174,10 +174,10 @@ def test_fresh_run_keeps_the_earlier_run_and_starts_its_own_metrics_while_load_c
     name = "tests.pixel_envs_Cue-v0"
     common = ["--env", CUE, "--workers", 1, "--test-interval", 0, *run_dirs["flags"]]
     metrics = run_dirs["logs"] / f"{name}_metrics.csv"
-    assert run_cli("main.py", *common, "--max-steps", 2000).returncode == 0
+    assert run_cli("main.py", *common, "--max-steps", 600).returncode == 0
     first = (run_dirs["models"] / f"{name}.dat").read_bytes()
     first_rows = read_metrics(str(metrics))
-    assert run_cli("main.py", *common, "--max-steps", 2000).returncode == 0
+    assert run_cli("main.py", *common, "--max-steps", 600).returncode == 0
     kept = sorted(p.name for p in run_dirs["models"].iterdir() if p.name.startswith(f"{name}.2"))
     assert len(kept) == 1 and (run_dirs["models"] / kept[0]).read_bytes() == first
     stamp = kept[0].removeprefix(f"{name}.").removesuffix(".dat")
@@ -189,7 +189,7 @@ def test_fresh_run_keeps_the_earlier_run_and_starts_its_own_metrics_while_load_c
 
     trained = load_checkpoint(str(run_dirs["models"] / f"{name}.dat"))
     assert trained.elapsed > 0
-    assert run_cli("main.py", *common, "--load", "--max-steps", trained.frames + 2000).returncode == 0
+    assert run_cli("main.py", *common, "--load", "--max-steps", trained.frames + 600).returncode == 0
     resumed = read_metrics(str(metrics))
     assert resumed[: len(fresh)] == fresh, "--load appends to the run's metrics"
     new = resumed[len(fresh) :]
@@ -330,12 +330,11 @@ def _weights(actions, hidden):
 
 def test_bad_input_is_one_line_exit_2_and_nothing_starts(tmp_path):
     logs = tmp_path / "logs"
-    for args, words in main_bad_inputs(tmp_path, tmp_path / "models"):
-        started = time.time()
-        result = run_cli("main.py", *args, "--log-dir", logs, timeout=60)
+    cases = main_bad_inputs(tmp_path, tmp_path / "models")
+    results = run_cli_each("main.py", [[*args, "--log-dir", logs] for args, _ in cases], timeout=60)
+    for (args, words), result in zip(cases, results):
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stdout == ""
-        assert not any(logs.glob("*_log")), "a run started"
-        assert time.time() - started < 30
+    assert not any(logs.glob("*_log")), "a run started"

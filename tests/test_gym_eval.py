@@ -11,7 +11,7 @@ from PIL import Image
 from api import load_agent
 from checkpoint import PREPROCESSING, load_checkpoint
 from model import A3Clstm
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_cli_each
 
 PONG = "PongNoFrameskip-v4"
 
@@ -186,8 +186,9 @@ def bad_input_cases(trained, tmp_path):
 
 
 def test_bad_input_is_one_clear_line(trained, tmp_path):
-    for args, words in bad_input_cases(trained, tmp_path):
-        result = evaluate(*args, timeout=60)
+    cases = bad_input_cases(trained, tmp_path)
+    results = run_cli_each("gym_eval.py", [["--env", PONG, *args] for args, _ in cases], timeout=60)
+    for (args, words), result in zip(cases, results):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         lines = result.stderr.strip().splitlines()

@@ -9,8 +9,8 @@ from tests.helpers import ROOT
 
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUICKSTART_CUE_SECONDS", "25")
-    monkeypatch.setenv("QUICKSTART_PONG_SECONDS", "15")
+    monkeypatch.setenv("QUICKSTART_CUE_SECONDS", "15")
+    monkeypatch.setenv("QUICKSTART_PONG_SECONDS", "10")
     monkeypatch.setenv("QUICKSTART_RUNS", str(tmp_path))
     path = os.path.join(ROOT, "examples", "quickstart.ipynb")
     notebook = nbformat.read(path, as_version=4)
