@@ -26,9 +26,8 @@ def stop_with(proc, signum, timeout=30):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_saves_and_leaves_no_process(run_dirs, signum):
     log = run_dirs["logs"] / f"{PONG}_log"
-    proc = start_cli(
-        "main.py", "--env", PONG, "--workers", 2, "--test-interval", 0, "--progress-interval", 2, *run_dirs["flags"]
-    )
+    flags = ("--workers", 2, "--test-interval", 0, "--progress-interval", 2, "--max-episode-length", 300)
+    proc = start_cli("main.py", "--env", PONG, *flags, *run_dirs["flags"])  # a test game within seconds
     try:
         assert wait_for(lambda: log.exists() and "episode reward" in log.read_text(), 120), "no test game logged"
         children = descendants(proc.pid)
