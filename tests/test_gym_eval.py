@@ -49,7 +49,7 @@ def test_evaluates_a_trained_checkpoint_and_writes_json(trained, tmp_path):
 
 
 def test_parallel_results_equal_serial_ones(trained, tmp_path):
-    common = ["--model", trained["model"], "--num-episodes", 3, "--stochastic", "--seed", 7]
+    common = ["--model", trained["model"], "--num-episodes", 2, "--stochastic", "--seed", 7]
     serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
     assert evaluate(*common, "--results", serial).returncode == 0
     assert evaluate(*common, "--workers", 2, "--results", parallel).returncode == 0
