@@ -174,10 +174,10 @@ def test_fresh_run_keeps_the_earlier_run_and_starts_its_own_metrics_while_load_c
     name = "tests.pixel_envs_Cue-v0"
     common = ["--env", CUE, "--workers", 1, "--test-interval", 0, *run_dirs["flags"]]
     metrics = run_dirs["logs"] / f"{name}_metrics.csv"
-    assert run_cli("main.py", *common, "--max-steps", 600).returncode == 0
+    assert run_cli("main.py", *common, "--max-steps", 800).returncode == 0
     first = (run_dirs["models"] / f"{name}.dat").read_bytes()
     first_rows = read_metrics(str(metrics))
-    assert run_cli("main.py", *common, "--max-steps", 600).returncode == 0
+    assert run_cli("main.py", *common, "--max-steps", 800).returncode == 0
     kept = sorted(p.name for p in run_dirs["models"].iterdir() if p.name.startswith(f"{name}.2"))
     assert len(kept) == 1 and (run_dirs["models"] / kept[0]).read_bytes() == first
     stamp = kept[0].removeprefix(f"{name}.").removesuffix(".dat")
@@ -189,7 +189,7 @@ def test_fresh_run_keeps_the_earlier_run_and_starts_its_own_metrics_while_load_c
 
     trained = load_checkpoint(str(run_dirs["models"] / f"{name}.dat"))
     assert trained.elapsed > 0
-    assert run_cli("main.py", *common, "--load", "--max-steps", trained.frames + 600).returncode == 0
+    assert run_cli("main.py", *common, "--load", "--max-steps", trained.frames + 800).returncode == 0
     resumed = read_metrics(str(metrics))
     assert resumed[: len(fresh)] == fresh, "--load appends to the run's metrics"
     new = resumed[len(fresh) :]
