@@ -13,7 +13,7 @@ from checkpoint import load_checkpoint
 from tests.helpers import ROOT, run_cli
 
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "trained_models", "*.json")))
-REPLAYED = 1  # games replayed per model: the first ones shorter than LONGEST
+REPLAYED = 1  # games replayed per model: the first shorter than LONGEST
 LONGEST = 10_000  # agent steps: a greedy Breakout game that loops to ALE's limit (27,000) takes minutes
 TOLERANCE = 2.0  # points per game: the same seeded game replays exactly on one CPU; another CPU's float
 # rounding may flip an argmax somewhere in a game of thousands of steps
