@@ -331,7 +331,8 @@ def _weights(actions, hidden):
 def test_bad_input_is_one_line_exit_2_and_nothing_starts(tmp_path):
     logs = tmp_path / "logs"
     cases = main_bad_inputs(tmp_path, tmp_path / "models")
-    results = run_cli_each("main.py", [[*args, "--log-dir", logs] for args, _ in cases], timeout=60)
+    # each run stops within 30 s (a TimeoutExpired otherwise), as before they ran two at a time
+    results = run_cli_each("main.py", [[*args, "--log-dir", logs] for args, _ in cases], timeout=30)
     for (args, words), result in zip(cases, results):
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
