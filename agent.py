@@ -38,6 +38,22 @@ def sample_actions(logits: torch.Tensor) -> torch.Tensor:
     return (logits - torch.empty_like(logits).exponential_().log()).argmax(dim=1)
 
 
+def explore(actions: torch.Tensor, num_actions: int, epsilon: float) -> torch.Tensor:
+    """`actions` with each replaced, with probability `epsilon`, by one drawn uniformly from all `num_actions`
+    (DQN's evaluation protocol). A deterministic env and a greedy policy can repeat a state cycle until the
+    game's time limit (a Breakout ball that bounces in a loop hitting no brick); a rare random action breaks it."""
+    if epsilon <= 0:
+        return actions
+    explored = torch.rand(actions.shape, device=actions.device) < epsilon
+    return torch.where(explored, torch.randint_like(actions, num_actions), actions)
+
+
+def describe_policy(sampled: bool, epsilon: float) -> str:
+    """How games choose their actions, for a log line."""
+    policy = "sampled" if sampled else "greedy"
+    return f"{policy} (epsilon {epsilon:g})" if epsilon else policy
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`tensor` (on the CPU) on `device`. To a GPU through pinned memory, without waiting: the caching host
     allocator keeps the pinned block until the copy has run, and the stream orders the copy before its use."""
@@ -181,11 +197,12 @@ class Agent:
             return self.graph(self.obs, self.starts, self.state)
         return policy_step(self.model, self.obs, self.starts, self.state, self.bf16, features)
 
-    def act(self, greedy: bool, features: torch.Tensor | None = None):
-        """Advance the LSTM on the current frames and choose actions: argmax, or sampled from the policy."""
+    def act(self, greedy: bool, features: torch.Tensor | None = None, epsilon: float = 0.0):
+        """Advance the LSTM on the current frames and choose actions: argmax, or sampled from the policy; with
+        `epsilon`, some of them uniformly at random instead (see explore)."""
         value, logits, self.state = self.forward(features)
         actions = logits.argmax(dim=1) if greedy else sample_actions(logits)
-        return actions, value, logits
+        return explore(actions, logits.shape[1], epsilon), value, logits
 
     def step(self, actions: torch.Tensor) -> StepResult:
         """Play `actions` in the envs; envs whose episode ended are marked as starting anew."""
@@ -211,11 +228,11 @@ class Agent:
         self.batch.close()
 
 
-def play_game(agent: Agent, greedy: bool = True, should_stop=lambda: False, on_step=None):
+def play_game(agent: Agent, greedy: bool = True, should_stop=lambda: False, on_step=None, epsilon: float = 0.0):
     """Play env 0 until its game ends (all lives); return (reward, length, info), or None if asked to stop first."""
     while not should_stop():
         with torch.no_grad():
-            actions, _, _ = agent.act(greedy)
+            actions, _, _ = agent.act(greedy, epsilon=epsilon)
         result = agent.step(actions)
         if on_step is not None:
             on_step()

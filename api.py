@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agent import Agent
+from agent import Agent, describe_policy
 from checkpoint import Checkpoint, check_fits, final_path, load_checkpoint, preprocessing_warning
 from environment import make_env_for
 from evaluation import EvalConfig, evaluate_games, play_recorded, prepare_eval, trained_skip_rate
@@ -81,7 +81,7 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     devices = "CPU" if cfg.gpu_ids == (-1,) else "GPUs " + ",".join(map(str, cfg.gpu_ids))
     logger.info(
         "training %s with %d workers on %s, %s test games; logs in %s, checkpoints in %s",
-        *(cfg.env, cfg.workers, devices, "sampled" if cfg.test_stochastic else "greedy"),
+        *(cfg.env, cfg.workers, devices, describe_policy(cfg.test_stochastic, cfg.test_epsilon)),
         *(cfg.log_dir, cfg.save_model_dir),
     )
     device = cfg.device_for(0)
@@ -149,9 +149,10 @@ class Player:
         self.model.load_state_dict(ckpt.model)
         self.agent = Agent(self.model.eval(), [self.env], torch.device("cpu"), seed=seed)
 
-    def play(self, greedy: bool = True, record: bool = False) -> dict:
-        """One whole game: its reward and length, and with `record` its RGB screens (one per agent step)."""
-        reward, length, frames = play_recorded(self.agent, greedy, record)
+    def play(self, greedy: bool = True, record: bool = False, epsilon: float = 0.0) -> dict:
+        """One whole game: its reward and length, and with `record` its RGB screens (one per agent step);
+        `epsilon` as gym_eval's --epsilon."""
+        reward, length, frames = play_recorded(self.agent, greedy, record, epsilon)
         return {"reward": reward, "length": length, "frames": frames}
 
     def close(self) -> None:

@@ -51,6 +51,11 @@ class EvalConfig:
         help="agent steps before a game is cut off (ALE ends v4 ids' games at 108,000 frames itself)",
     )
     stochastic: bool = setting(False, "sample actions from the policy instead of argmax")
+    epsilon: float = setting(
+        0.0,
+        "chance of a uniformly random action at each step, as DQN's evaluations play (0.05, 0.01, 0.001): breaks "
+        "the state loops a greedy policy can fall into on a deterministic env (0: none, as the classic tool)",
+    )
     bf16: str = same_setting("bf16")
     gpu_id: int = setting(-1, "GPU to run the model on (-1: CPU)", short="-gid")
     workers: int = setting(1, "games played at once in separate processes")
@@ -73,6 +78,8 @@ def prepare_eval(cfg: EvalConfig) -> tuple[EvalConfig, Checkpoint]:
     for name in ("num_episodes", "workers", "render_freq", "record_every", "max_episode_length"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.epsilon <= 1:
+        raise UsageError(f"--epsilon is a probability: it must lie in [0, 1], got {cfg.epsilon}")
     check_choices(cfg)
     if cfg.gif and not cfg.record:
         raise UsageError("--gif needs --record DIR")
@@ -120,7 +127,7 @@ def play_one(player: EvalPlayer, index: int) -> dict:
     env = make_env_for(cfg, training=False, render_mode=render_mode)
     torch.manual_seed(seed)
     agent = Agent(player.model, [env], player.device, seed=seed, bf16=bf16_for(cfg.bf16, player.device))
-    reward, length, frames = play_recorded(agent, greedy=not cfg.stochastic, record=recording)
+    reward, length, frames = play_recorded(agent, greedy=not cfg.stochastic, record=recording, epsilon=cfg.epsilon)
     videos = write_videos(cfg, index, frames, env) if recording else []
     agent.close()
     return {"game": index, "seed": seed, "reward": reward, "length": length, "videos": videos}
@@ -141,14 +148,16 @@ def play_in_pool(index: int) -> dict:
     return play_one(_pool_player, index)
 
 
-def play_recorded(agent: Agent, greedy: bool, record: bool) -> tuple[float, int, list[np.ndarray]]:
+def play_recorded(
+    agent: Agent, greedy: bool, record: bool, epsilon: float = 0.0
+) -> tuple[float, int, list[np.ndarray]]:
     """One whole game in the agent's env 0: reward, length and, with `record`, the RGB screen before the
     first step and after each one (the game's own last screen: environment.KeepScreen)."""
     env = agent.envs[0]
     env.set_wrapper_attr("keeping", record, force=False)  # no KeepScreen: nothing to switch
     frames = [env.render()] if record else []
     on_step = (lambda: frames.append(env.get_wrapper_attr("screen"))) if record else None
-    reward, length, _ = play_game(agent, greedy=greedy, on_step=on_step)
+    reward, length, _ = play_game(agent, greedy=greedy, on_step=on_step, epsilon=epsilon)
     return reward, length, frames
 
 

@@ -13,6 +13,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 
+from agent import describe_policy
 from api import run_evaluation
 from checkpoint import Checkpoint, preprocessing_warning
 from cli import Parser, add_config_flags, classic_short, config_from, run_command
@@ -68,7 +69,7 @@ def print_start(cfg: EvalConfig, ckpt: Checkpoint) -> None:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"evaluating {cfg.model_path} ({ckpt.frames:,} frames trained) on {cfg.env}: "
-        f"{cfg.num_episodes} games, {'stochastic' if cfg.stochastic else 'greedy'}, {cfg.workers} process(es)"
+        f"{cfg.num_episodes} games, {describe_policy(cfg.stochastic, cfg.epsilon)}, {cfg.workers} process(es)"
     )
 
 

@@ -155,6 +155,9 @@ class Config:
     test_stochastic: bool = setting(
         False, "test games sample actions from the policy instead of argmax (as gym_eval.py --stochastic)"
     )
+    test_epsilon: float = setting(
+        0.0, "test games take a uniformly random action with this chance at each step (as gym_eval.py --epsilon)"
+    )
     progress_interval: float = setting(10.0, "seconds between progress lines")
     max_steps: int = setting(0, "stop once the run has trained this many frames, counted across --load (0: no limit)")
     max_time: float = setting(
@@ -318,6 +321,8 @@ def check_values(cfg: Config) -> None:
     }.items():
         if not value > 0 or not math.isfinite(value):
             raise UsageError(f"{name} must be a positive number of seconds, got {value}")
+    if not 0 <= cfg.test_epsilon <= 1:
+        raise UsageError(f"--test-epsilon is a probability: it must lie in [0, 1], got {cfg.test_epsilon}")
     check_choices(cfg)
     if cfg.amsgrad and cfg.optimizer != "Adam":
         raise UsageError(f"--amsgrad is a variant of Adam: drop it, or pass --optimizer Adam (got {cfg.optimizer})")

@@ -1,5 +1,5 @@
-"""The test process: plays games (greedy, or sampled with --test-stochastic) with the latest shared weights,
-logs, plots and checkpoints."""
+"""The test process: plays games (greedy, or sampled with --test-stochastic; with --test-epsilon some actions
+random) with the latest shared weights, logs, plots and checkpoints."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def run_tests(run: RunShared, logger, seed: int):
     try:
         while not should_stop():
             link.pull()
-            game = play_game(agent, greedy=not cfg.test_stochastic, should_stop=should_stop)
+            game = play_game(agent, greedy=not cfg.test_stochastic, should_stop=should_stop, epsilon=cfg.test_epsilon)
             if game is None:
                 break
             reward, length, _ = game

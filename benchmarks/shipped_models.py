@@ -3,12 +3,15 @@ README's table.
 
     python -m benchmarks.shipped_models ship runs/models/PongNoFrameskip-v4_last.dat \
         --hardware "2 CPU cores (AMD EPYC)" --command "python main.py --save-max ..."
+    python -m benchmarks.shipped_models epsilon trained_models/BreakoutNoFrameskip-v4.json --epsilon 0.001
     python -m benchmarks.shipped_models table --readme README.md
 
 `ship` writes the checkpoint's weights, counters and settings, without the optimizer statistics (a third of
 the size; `--load` from it restores weights only), as trained_models/<env>.dat, plays --episodes whole games
 with it (gym_eval's games: greedy, game i with seed --seed + i) and writes trained_models/<env>.json: env,
-frames, training time, hardware, the training command, and every game's reward. `table`
+frames, training time, hardware, the training command, and every game's reward. `epsilon` plays a shipped
+model's games again with gym_eval's --epsilon (a random action with that chance per step: DQN's evaluation
+protocol, which ends the loops greedy play can fall into) and adds their summary to its JSON. `table`
 prints the results table from every trained_models/*.json; with --readme it rewrites the README's table
 between its `results` markers.
 """
@@ -71,8 +74,6 @@ def describe(
         bf16=PRECISION,
         on_game=lambda game, games: print_game(game, games, episodes),
     )
-    summary = results["summary"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
         "env": env,
         "checkpoint": os.path.basename(path),
@@ -81,16 +82,49 @@ def describe(
         "training_seconds": seconds if seconds is not None else ckpt.elapsed,
         "hardware": hardware,
         "command": command,
-        "evaluated": {
-            "date": time.strftime("%Y-%m-%d"),
-            "commit": commit.stdout.strip(),
-            "seed": seed,
-            "hardware": bench_hardware(),
-            "bf16": PRECISION,
-        },
-        "evaluation": {k: summary[k] for k in ("games", "mean", "std", "min", "max", "median")},
+        "evaluated": evaluated(seed),
+        "evaluation": summary_of(results),
         "games": [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]],
     } | ({"sittings": sittings} if sittings else {})
+
+
+def evaluated(seed: int) -> dict:
+    """Where and how an evaluation of a shipped model ran."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit.stdout.strip(),
+        "seed": seed,
+        "hardware": bench_hardware(),
+        "bf16": PRECISION,
+    }
+
+
+def summary_of(results: dict) -> dict:
+    return {k: results["summary"][k] for k in ("games", "mean", "std", "min", "max", "median")}
+
+
+def add_epsilon_evaluation(meta: str, epsilon: float, episodes: int, seed: int, workers: int) -> dict:
+    """Play the model of the shipped JSON `meta` with --epsilon `epsilon` and write the summary into the JSON
+    as its "epsilon_evaluation" (replacing an earlier one); return that summary."""
+    with open(meta) as f:
+        data = json.load(f)
+    path = os.path.join(os.path.dirname(meta), data["checkpoint"])
+    results = evaluate(
+        path,
+        data["env"],
+        episodes=episodes,
+        seed=seed,
+        workers=workers,
+        epsilon=epsilon,
+        bf16=PRECISION,
+        on_game=lambda game, games: print_game(game, games, episodes),
+    )
+    lengths = [g["length"] for g in results["games"]]
+    block = {"epsilon": epsilon, **summary_of(results), "longest": max(lengths), "evaluated": evaluated(seed)}
+    with atomic_write(meta) as f:
+        json.dump(data | {"epsilon_evaluation": block}, f, indent=2)
+    return block
 
 
 def shipped() -> list[dict]:
@@ -118,16 +152,24 @@ def classic_figure(env: str) -> str:
     return CLASSIC.get(game, "-")
 
 
+def epsilon_figure(model: dict) -> str:
+    """The model's score with gym_eval's --epsilon, and the epsilon; "-" where it was not evaluated so."""
+    e = model.get("epsilon_evaluation")
+    return f"{e['mean']:.2f} ± {e['std']:.2f} (ε {e['epsilon']:g})" if e else "-"
+
+
 def table(models: list[dict]) -> str:
     lines = [
-        "| game | score (mean ± std) | games | frames | training time | hardware | the classic's (its id) |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+        "| game | score (mean ± std) | with --epsilon | games | frames | training time | hardware "
+        "| the classic's (its id) |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for m in models:
         e = m["evaluation"]
         lines.append(
-            f"| {m['env']} | {e['mean']:.2f} ± {e['std']:.2f} | {e['games']} | {m['frames'] / 1e6:.2f} M "
-            f"| {m['training_seconds'] / 60:.0f} min | {m['hardware']} | {classic_figure(m['env'])} |"
+            f"| {m['env']} | {e['mean']:.2f} ± {e['std']:.2f} | {epsilon_figure(m)} | {e['games']} "
+            f"| {m['frames'] / 1e6:.2f} M | {m['training_seconds'] / 60:.0f} min | {m['hardware']} "
+            f"| {classic_figure(m['env'])} |"
         )
     return "\n".join(lines)
 
@@ -155,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=1)
     ev.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ev.add_argument("--sittings", help="the run's folder: the sittings its sittings.json lists go in the JSON")
+    ep = sub.add_parser("epsilon", help="evaluate a shipped model again with --epsilon; add the summary to its JSON")
+    ep.add_argument("json", help="the shipped model's JSON (trained_models/<env>.json)")
+    ep.add_argument("--epsilon", type=float, default=0.001, help="gym_eval's --epsilon (default: 0.001)")
+    ep.add_argument("--episodes", type=int, default=100)
+    ep.add_argument("--seed", type=int, default=1)
+    ep.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     tb = sub.add_parser("table", help="print the results table of every trained_models/*.json")
     tb.add_argument("--readme", help="rewrite this README's table in place")
     args = p.parse_args(argv)
@@ -178,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(data, f, indent=2)
             e = data["evaluation"]
             print(f"{data['env']}: {e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games; wrote {out}")
+            return 0
+        if args.action == "epsilon":
+            e = add_epsilon_evaluation(args.json, args.epsilon, args.episodes, args.seed, args.workers)
+            summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games"
+            print(f"epsilon {e['epsilon']:g}: {summary}; wrote {args.json}")
             return 0
         text = table(shipped())
         if args.readme:

@@ -61,6 +61,19 @@ def test_sampled_actions_follow_the_policy_s_softmax():
     assert sample_actions(torch.tensor([[0.0, -1e9, -1e9]])).item() == 0  # a near-zero probability is not taken
 
 
+def test_explore_replaces_an_epsilon_share_of_actions_with_uniform_ones():
+    from agent import explore
+
+    torch.manual_seed(0)
+    greedy = torch.zeros(200_000, dtype=torch.long)
+    assert explore(greedy, 4, 0.0) is greedy
+    for epsilon in (0.1, 1.0):
+        counts = torch.bincount(explore(greedy, 4, epsilon), minlength=4).double() / len(greedy)
+        expected = torch.full((4,), epsilon / 4, dtype=torch.double)
+        expected[0] += 1 - epsilon  # a random action may be the greedy one
+        torch.testing.assert_close(counts, expected, atol=4e-3, rtol=0)
+
+
 def test_a_game_the_time_limit_ends_inside_the_reset_after_a_lost_life_is_reported_alone():
     """A short cap meets the no-op or FIRE steps of a reset after a lost life: the game ends there and a new
     one starts inside the reset. Its score and length are reported as one game, not added to the next."""

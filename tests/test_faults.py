@@ -311,6 +311,7 @@ def main_bad_inputs(tmp_path, models):
         (["--num-steps", 0], "--num-steps must be at least 1"),
         (["--lr", 0], "--lr must be a positive number"),
         (["--gamma", 1.5], "--gamma must lie in (0, 1]"),
+        (["--test-epsilon", 2], "--test-epsilon is a probability"),
         (["--optimizer", "SGD"], "invalid choice: 'SGD'"),
         (["--gpu-ids", 3], "GPU id 3 does not exist"),
         (["--load", "--load-model-dir", models / "empty"], "no checkpoint at"),

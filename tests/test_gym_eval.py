@@ -182,6 +182,7 @@ def bad_input_cases(trained, tmp_path):
         (["--model", trained["model"], "--env", "PongNoFrameskip-v9"], "unknown env id"),
         (["--model", trained["model"], "--num-episodes", 0], "--num-episodes must be at least 1"),
         (["--model", trained["model"], "--gpu-id", 7], "GPU id 7 does not exist"),
+        (["--model", trained["model"], "--epsilon", -0.1], "--epsilon is a probability"),
     ]
 
 

@@ -60,3 +60,15 @@ def test_the_readme_table_is_generated_from_the_shipped_json():
     block = readme.split("<!-- results:begin -->\n", 1)[1].split("\n<!-- results:end -->", 1)[0]
     assert block == result.stdout.strip()
     assert block.count("\n") == 1 + len(SHIPPED)
+
+
+def test_a_rare_random_action_ends_the_loop_a_greedy_breakout_game_falls_into():
+    """The shipped Breakout model's greedy game with seed 2 loops to ALE's limit (its JSON); with --epsilon 0.001
+    (a random action in a thousand) the same game ends, all lives lost, long before."""
+    with open(os.path.join(ROOT, "trained_models", "BreakoutNoFrameskip-v4.json")) as f:
+        recorded = json.load(f)
+    assert next(g for g in recorded["games"] if g["seed"] == 2)["length"] > 25_000
+    path = os.path.join(ROOT, "trained_models", recorded["checkpoint"])
+    env = recorded["env"]
+    game = evaluate(path, env, episodes=1, seed=2, epsilon=0.001, max_episode_length=LONGEST, bf16="off")["games"][0]
+    assert game["length"] < LONGEST / 2 and game["reward"] >= recorded["evaluation"]["min"] - 100, game
