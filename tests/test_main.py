@@ -116,13 +116,17 @@ def test_pipeline_learns_a_memory_task(run_dirs):
 
 def test_other_flags_take_effect_end_to_end(run_dirs):
     """Batched envs and per-rank rollout lengths (frames per update), shared RMSprop (its statistics saved),
-    --save-max, sampled test games; then no channels-last, private optimizers (none saved)."""
+    --save-max, sampled test games; then no channels-last, private optimizers (none saved), test games with
+    random actions."""
     runs = (
         [
             *("--envs-per-worker", 2, "--distributed-step-size", 5, 10, "--optimizer", "RMSprop"),
             *("--save-max", "--test-stochastic", "--max-steps", 800),
         ],
-        ["--channels-last", "False", "--shared-optimizer", "False", "--bf16", "auto", "--load", "--max-steps", 1600],
+        [
+            *("--channels-last", "False", "--shared-optimizer", "False", "--bf16", "auto", "--load"),
+            *("--max-steps", 1600, "--test-epsilon", 0.05),
+        ],
     )
     for extra in runs:
         result = run_cli(
@@ -134,6 +138,7 @@ def test_other_flags_take_effect_end_to_end(run_dirs):
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert ("sampled test games" in result.stdout) == ("--test-stochastic" in extra), result.stdout
+        assert ("greedy (epsilon 0.05) test games" in result.stdout) == ("--test-epsilon" in extra), result.stdout
         suffix = "_last" if "--save-max" in extra else ""  # where the final state went
         last = load_checkpoint(str(run_dirs["models"] / f"tests.pixel_envs_Cue-v0{suffix}.dat"))
         if extra is runs[0]:
