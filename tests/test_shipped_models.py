@@ -4,6 +4,7 @@ the README's results table is the one the shipped JSON files give."""
 import glob
 import json
 import os
+import shutil
 
 import pytest
 
@@ -72,3 +73,20 @@ def test_a_rare_random_action_ends_the_loop_a_greedy_breakout_game_falls_into():
     env = recorded["env"]
     game = evaluate(path, env, episodes=1, seed=2, epsilon=0.001, max_episode_length=LONGEST, bf16="off")["games"][0]
     assert game["length"] < LONGEST / 2 and game["reward"] >= recorded["evaluation"]["min"] - 100, game
+
+
+def test_an_epsilon_evaluation_is_added_to_the_json_and_its_table_row(tmp_path):
+    from benchmarks.shipped_models import table
+
+    for suffix in (".dat", ".json"):
+        shutil.copy(os.path.join(ROOT, "trained_models", f"PongNoFrameskip-v4{suffix}"), tmp_path)
+    meta = tmp_path / "PongNoFrameskip-v4.json"
+    before = json.loads(meta.read_text())
+    args = (meta, "--epsilon", 0.01, "--episodes", 1, "--workers", 1)
+    result = run_cli("-m", "benchmarks.shipped_models", "epsilon", *args, timeout=300)
+    assert result.returncode == 0, result.stderr
+    after = json.loads(meta.read_text())
+    block = after.pop("epsilon_evaluation")
+    assert after == before
+    assert block["epsilon"] == 0.01 and block["games"] == 1 and -21 <= block["mean"] <= 21 and block["longest"] > 0
+    assert f"{block['mean']:.2f} ± 0.00 (ε 0.01)" in table([after | {"epsilon_evaluation": block}])
