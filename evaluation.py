@@ -24,7 +24,7 @@ from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
 from process import use_device
-from settings import Config, bf16_for, check_choices, check_gpus, same_setting, setting
+from settings import Config, bf16_for, check_choices, check_gpus, check_probability, same_setting, setting
 from utils import UsageError, atomic_write, safe_name
 
 ATARI_FPS = 60  # the NTSC Atari 2600's frame rate (ALE's metadata says 30)
@@ -78,8 +78,7 @@ def prepare_eval(cfg: EvalConfig) -> tuple[EvalConfig, Checkpoint]:
     for name in ("num_episodes", "workers", "render_freq", "record_every", "max_episode_length"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if not 0 <= cfg.epsilon <= 1:
-        raise UsageError(f"--epsilon is a probability: it must lie in [0, 1], got {cfg.epsilon}")
+    check_probability("--epsilon", cfg.epsilon)
     check_choices(cfg)
     if cfg.gif and not cfg.record:
         raise UsageError("--gif needs --record DIR")

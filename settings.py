@@ -321,8 +321,7 @@ def check_values(cfg: Config) -> None:
     }.items():
         if not value > 0 or not math.isfinite(value):
             raise UsageError(f"{name} must be a positive number of seconds, got {value}")
-    if not 0 <= cfg.test_epsilon <= 1:
-        raise UsageError(f"--test-epsilon is a probability: it must lie in [0, 1], got {cfg.test_epsilon}")
+    check_probability("--test-epsilon", cfg.test_epsilon)
     check_choices(cfg)
     if cfg.amsgrad and cfg.optimizer != "Adam":
         raise UsageError(f"--amsgrad is a variant of Adam: drop it, or pass --optimizer Adam (got {cfg.optimizer})")
@@ -333,6 +332,12 @@ def check_values(cfg: Config) -> None:
         raise UsageError("--cuda-graph acts without autograd, as --replay-convs on does: drop --replay-convs off")
     if cfg.cuda_graph == "on" and -1 in cfg.gpu_ids:
         raise UsageError("--cuda-graph captures the acting forward on a GPU: pass --gpu-ids with GPU ids too")
+
+
+def check_probability(flag: str, value: float) -> None:
+    """A setting that is a probability lies in [0, 1] (NaN does not)."""
+    if not 0 <= value <= 1:
+        raise UsageError(f"{flag} is a probability: it must lie in [0, 1], got {value}")
 
 
 def check_choices(settings) -> None:

@@ -65,15 +65,7 @@ def describe(
     where the run recorded them: benchmarks/sittings.py)."""
     ckpt = load_checkpoint(path)
     env = ckpt.args["env"]
-    results = evaluate(
-        path,
-        env,
-        episodes=episodes,
-        seed=seed,
-        workers=workers,
-        bf16=PRECISION,
-        on_game=lambda game, games: print_game(game, games, episodes),
-    )
+    results = play_games(path, env, episodes, seed, workers)
     return {
         "env": env,
         "checkpoint": os.path.basename(path),
@@ -86,6 +78,20 @@ def describe(
         "evaluation": summary_of(results),
         "games": [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]],
     } | ({"sittings": sittings} if sittings else {})
+
+
+def play_games(path: str, env: str, episodes: int, seed: int, workers: int, epsilon: float = 0.0) -> dict:
+    """gym_eval's games with the model at `path`, in the shipped figures' precision, each printed as it ends."""
+    return evaluate(
+        path,
+        env,
+        episodes=episodes,
+        seed=seed,
+        workers=workers,
+        epsilon=epsilon,
+        bf16=PRECISION,
+        on_game=lambda game, games: print_game(game, games, episodes),
+    )
 
 
 def evaluated(seed: int) -> dict:
@@ -110,16 +116,7 @@ def add_epsilon_evaluation(meta: str, epsilon: float, episodes: int, seed: int, 
     with open(meta) as f:
         data = json.load(f)
     path = os.path.join(os.path.dirname(meta), data["checkpoint"])
-    results = evaluate(
-        path,
-        data["env"],
-        episodes=episodes,
-        seed=seed,
-        workers=workers,
-        epsilon=epsilon,
-        bf16=PRECISION,
-        on_game=lambda game, games: print_game(game, games, episodes),
-    )
+    results = play_games(path, data["env"], episodes, seed, workers, epsilon)
     lengths = [g["length"] for g in results["games"]]
     block = {"epsilon": epsilon, **summary_of(results), "longest": max(lengths), "evaluated": evaluated(seed)}
     with atomic_write(meta) as f:
