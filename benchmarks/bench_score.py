@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import signal
@@ -144,25 +145,39 @@ def reached_cell(hit: dict | None) -> str:
 
 
 def spread(hits: list[dict | None], field: str) -> dict | None:
-    """Median, min and max of a field over the runs that reached a score (None if none did)."""
+    """Median, min and max of a field over runs; a run that used its whole time without reaching the score (None)
+    counts as slower than every run that did, so a median or max that falls on one is None (not reached). None if
+    no run reached it."""
     values = [hit[field] for hit in hits if hit is not None]
     if not values:
         return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+    ranked = sorted(values) + [math.inf] * (len(hits) - len(values))
+    median = statistics.median(ranked)
+    return {
+        "median": None if math.isinf(median) else median,
+        "min": ranked[0],
+        "max": None if math.isinf(ranked[-1]) else ranked[-1],
+        "runs": len(values),
+    }
 
 
 def summarise(runs: list[dict], args) -> dict:
-    """Per variant: the spread of seconds and frames to the first game, each milestone and the mean."""
+    """Per variant: the spread of seconds and frames to the first game, each milestone and the mean, over the
+    runs that reached it or ran their whole time (one stopped early without reaching it says nothing of it)."""
     summary = {}
     for name in dict.fromkeys(run["variant"] for run in runs):
         mine = [run for run in runs if run["variant"] == name]
-        targets = {"first_game": [run["first_game"] for run in mine], "mean": [run["mean"] for run in mine]}
-        targets |= {f"milestone {m}": [run["milestones"][str(m)] for run in mine] for m in args.milestones}
-        summary[name] = {
-            key: {"seconds": spread(hits, "seconds"), "frames": spread(hits, "frames"), "of": len(mine)}
-            for key, hits in targets.items()
-        }
+        targets = {"first_game": lambda run: run["first_game"], "mean": lambda run: run["mean"]}
+        targets |= {f"milestone {m}": lambda run, m=m: run["milestones"][str(m)] for m in args.milestones}
+        summary[name] = {}
+        for key, hit in targets.items():
+            hits = [hit(run) for run in mine if hit(run) is not None or not run["interrupted"]]
+            summary[name][key] = {"seconds": spread(hits, "seconds"), "frames": spread(hits, "frames"), "of": len(hits)}
     return summary
+
+
+def scaled(value: float | None, unit: float, name: str) -> str:
+    return "not reached" if value is None else f"{value / unit:.{2 if unit > 60 else 1}f} {name}"
 
 
 def print_report(runs: list[dict], summary: dict, args) -> None:
@@ -186,8 +201,9 @@ def print_report(runs: list[dict], summary: dict, args) -> None:
                 print(f"{name}: {labels[key]}: reached by no run")
                 continue
             print(
-                f"{name}: {labels[key]}: median {s['median'] / 60:.1f} min (spread {s['min'] / 60:.1f}-"
-                f"{s['max'] / 60:.1f}), median {f['median'] / 1e6:.2f} M frames, {s['runs']} of {of} runs"
+                f"{name}: {labels[key]}: median {scaled(s['median'], 60, 'min')} (spread {s['min'] / 60:.1f} min to "
+                f"{scaled(s['max'], 60, 'min')}), median {scaled(f['median'], 1e6, 'M frames')}, {s['runs']} of {of} "
+                "runs"
             )
     for run in runs:
         print(f"\n{run['variant']}, seed {run['seed']}, per minute:\n| minute | frames | games | last | mean({w}) |")

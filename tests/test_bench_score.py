@@ -20,6 +20,27 @@ def test_first_reaching_is_the_first_window_whose_mean_reaches_the_score():
     assert first_reaching(rows[:1], -30, 2) is None  # fewer games than the window
 
 
+def test_a_run_that_does_not_reach_a_score_counts_as_slower_and_one_stopped_early_not_at_all():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_score import spread, summarise
+
+    hit = {"seconds": 600.0, "frames": 1000}
+    assert spread([hit, None], "seconds") == {"median": None, "min": 600.0, "max": None, "runs": 1}
+    assert spread([{"seconds": 900.0}, None, hit], "seconds") == {"median": 900.0, "min": 600.0, "max": None, "runs": 2}
+    assert spread([None], "frames") is None
+
+    def run(reached: bool, interrupted: bool) -> dict:
+        got = hit if reached else None
+        return {"variant": "v", "first_game": got, "mean": got, "milestones": {"0.0": got}, "interrupted": interrupted}
+
+    summary = summarise([run(True, False), run(False, False), run(False, True)], SimpleNamespace(milestones=[0.0]))
+    for key in ("first_game", "mean", "milestone 0.0"):
+        assert summary["v"][key]["of"] == 2 and summary["v"][key]["seconds"]["median"] is None
+    stopped_after = summarise([run(True, False), run(True, True)], SimpleNamespace(milestones=[]))
+    assert stopped_after["v"]["mean"]["of"] == 2 and stopped_after["v"]["mean"]["frames"]["median"] == 1000
+
+
 def test_variants_run_side_by_side_and_report_milestones_time_and_frames(tmp_path):
     out = tmp_path / "score.json"
     variants = ("--test-interval 0", "--test-interval 0 --lr 2e-4")

@@ -1,4 +1,5 @@
-"""The smaller tools of benchmarks/: push_cost.py, eval_norm.py and sittings.py, run for real on small inputs."""
+"""The smaller tools of benchmarks/: push_cost.py, eval_norm.py, sittings.py and bf16_grads.py, run for real on small
+inputs."""
 
 import json
 import re
@@ -86,3 +87,18 @@ def test_sittings_record_each_sitting_of_a_run_continued_with_load(tmp_path):
     again = run_cli(*record, "--command", "python main.py")  # no training since: refused in one line
     assert again.returncode == 2 and "train a sitting first" in again.stderr and again.stderr.count("\n") == 1
     assert len(json.loads((run_dir / "sittings.json").read_text())["sittings"]) == 2
+
+
+def test_bf16_grads_compares_the_two_precisions_on_the_same_pong_rollouts():
+    result = run_cli("-m", "benchmarks.bf16_grads", "--rollouts", 3, "--warmup", 1, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for part in ("convolutions", "LSTM", "heads"):
+        found = re.search(rf"\| {part} \| ([-\d.]+) \(.*?\) \| ([-\d.]+) \(.*?\) \| ([-\d.]+) \(", result.stdout)
+        assert found, result.stdout
+        agreement, error, between_rollouts = map(float, found.groups())
+        assert 0.9 < agreement <= 1 and 0 < error < 0.5, result.stdout  # bf16 differs from fp32, a little
+        assert between_rollouts < agreement  # consecutive rollouts differ more than the precisions do
+    kl = re.search(
+        r"policy KL\(fp32 \|\| bf16\) per step: mean ([\d.e+-]+), max ([\d.e+-]+) \((\d+) steps\)", result.stdout
+    )
+    assert kl and 0 < float(kl[1]) <= float(kl[2]) and int(kl[3]) == 3 * 20, result.stdout
