@@ -140,8 +140,16 @@ def train_to_score(args, train_args: str, seed: int, run_dir: str) -> dict:
     }
 
 
+def minutes(seconds: float | None) -> str:
+    return "not reached" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def million_frames(frames: float | None) -> str:
+    return "not reached" if frames is None else f"{frames / 1e6:.2f} M frames"
+
+
 def reached_cell(hit: dict | None) -> str:
-    return "not reached" if hit is None else f"{hit['seconds'] / 60:.1f} min, {hit['frames'] / 1e6:.2f} M frames"
+    return "not reached" if hit is None else f"{minutes(hit['seconds'])}, {million_frames(hit['frames'])}"
 
 
 def spread(hits: list[dict | None], field: str) -> dict | None:
@@ -167,17 +175,13 @@ def summarise(runs: list[dict], args) -> dict:
     summary = {}
     for name in dict.fromkeys(run["variant"] for run in runs):
         mine = [run for run in runs if run["variant"] == name]
-        targets = {"first_game": lambda run: run["first_game"], "mean": lambda run: run["mean"]}
-        targets |= {f"milestone {m}": lambda run, m=m: run["milestones"][str(m)] for m in args.milestones}
+        targets = {"first_game": [run["first_game"] for run in mine], "mean": [run["mean"] for run in mine]}
+        targets |= {f"milestone {m}": [run["milestones"][str(m)] for run in mine] for m in args.milestones}
         summary[name] = {}
-        for key, hit in targets.items():
-            hits = [hit(run) for run in mine if hit(run) is not None or not run["interrupted"]]
+        for key, all_hits in targets.items():
+            hits = [hit for hit, run in zip(all_hits, mine) if hit is not None or not run["interrupted"]]
             summary[name][key] = {"seconds": spread(hits, "seconds"), "frames": spread(hits, "frames"), "of": len(hits)}
     return summary
-
-
-def scaled(value: float | None, unit: float, name: str) -> str:
-    return "not reached" if value is None else f"{value / unit:.{2 if unit > 60 else 1}f} {name}"
 
 
 def print_report(runs: list[dict], summary: dict, args) -> None:
@@ -201,9 +205,8 @@ def print_report(runs: list[dict], summary: dict, args) -> None:
                 print(f"{name}: {labels[key]}: reached by no run")
                 continue
             print(
-                f"{name}: {labels[key]}: median {scaled(s['median'], 60, 'min')} (spread {s['min'] / 60:.1f} min to "
-                f"{scaled(s['max'], 60, 'min')}), median {scaled(f['median'], 1e6, 'M frames')}, {s['runs']} of {of} "
-                "runs"
+                f"{name}: {labels[key]}: median {minutes(s['median'])} (spread {minutes(s['min'])} to "
+                f"{minutes(s['max'])}), median {million_frames(f['median'])}, {s['runs']} of {of} runs"
             )
     for run in runs:
         print(f"\n{run['variant']}, seed {run['seed']}, per minute:\n| minute | frames | games | last | mean({w}) |")
