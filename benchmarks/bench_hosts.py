@@ -7,7 +7,7 @@ over the loopback address and, with --netns, each host in a network namespace of
 Every run is a real training run (main.py; under torchrun for several hosts) with the same total of workers,
 split evenly between the hosts; the rate is the run's global frame count over the last --duration seconds,
 read from host 0's progress lines. The hosts share this machine's cores, so the per-core figure is the
-total over the cores of the machine.
+total over the CPUs this process may use (settings.usable_cpus).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from benchmarks.bench import hardware, write_json
 from cli import Parser, add_run_flags, run_command
 from local_hosts import ROOT, free_port, network_namespaces, torchrun_command, torchrun_env
 from metrics import read_metrics, read_progress
+from settings import usable_cpus
 from utils import UsageError, safe_name
 
 
@@ -108,7 +109,7 @@ def benchmark(args) -> int:
     if args.netns and args.hosts != 2:
         raise UsageError("--netns makes two namespaces: pass --hosts 2")
     root = tempfile.mkdtemp(prefix="bench-hosts-")
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     print(f"{args.env}, {args.workers} workers in all: {hardware()}", flush=True)
     variants = [("1 host", 1, False), (f"{args.hosts} hosts, loopback", args.hosts, False)]
     if args.netns:

@@ -32,6 +32,7 @@ from benchmarks.sittings import read_sittings
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import Parser, run_command
 from gym_eval import print_game
+from settings import usable_cpus
 from utils import UsageError, atomic_write, safe_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,6 +183,13 @@ def write_readme(readme: str, text: str) -> None:
         f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
+def add_evaluation_flags(parser) -> None:
+    """The games a subcommand plays: how many, the first game's seed, and in how many processes."""
+    parser.add_argument("--episodes", type=int, default=100, help="games to play")
+    parser.add_argument("--seed", type=int, default=1, help="game i is played with seed + i, as in gym_eval")
+    parser.add_argument("--workers", type=int, default=usable_cpus(), help="games played at once")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="shipped_models", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
@@ -190,16 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--hardware", required=True, help="where it was trained")
     ev.add_argument("--command", required=True, help="the command that trained it")
     ev.add_argument("--training-seconds", type=float, help="training time (default: the checkpoint's)")
-    ev.add_argument("--episodes", type=int, default=100)
-    ev.add_argument("--seed", type=int, default=1)
-    ev.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    add_evaluation_flags(ev)
     ev.add_argument("--sittings", help="the run's folder: the sittings its sittings.json lists go in the JSON")
     ep = sub.add_parser("epsilon", help="evaluate a shipped model again with --epsilon; add the summary to its JSON")
     ep.add_argument("json", help="the shipped model's JSON (trained_models/<env>.json)")
-    ep.add_argument("--epsilon", type=float, default=0.001, help="gym_eval's --epsilon (default: 0.001)")
-    ep.add_argument("--episodes", type=int, default=100)
-    ep.add_argument("--seed", type=int, default=1)
-    ep.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ep.add_argument("--epsilon", type=float, default=0.001, help="gym_eval's --epsilon")
+    add_evaluation_flags(ep)
     tb = sub.add_parser("table", help="print the results table of every trained_models/*.json")
     tb.add_argument("--readme", help="rewrite this README's table in place")
     args = p.parse_args(argv)
