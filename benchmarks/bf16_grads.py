@@ -13,7 +13,6 @@ and how far bf16 moves the policy itself: the KL divergence from fp32's action d
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
@@ -21,10 +20,12 @@ import torch.nn.functional as F
 
 from agent import Agent
 from checkpoint import check_fits, load_checkpoint
+from cli import Parser, run_command
 from environment import make_env_for
 from process import build_model
 from settings import Config
 from train import ACTING_PATHS, Rollout, collect_rollout, rollout_losses
+from utils import UsageError
 
 PARTS = {"convolutions": ("conv",), "LSTM": ("lstm",), "heads": ("actor_linear", "critic_linear")}
 
@@ -110,14 +111,21 @@ def summarise(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="bf16_grads", description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default="PongNoFrameskip-v4", help="gymnasium env id")
     p.add_argument("--checkpoint", default=None, help="a model to measure (default: a freshly initialised one)")
     p.add_argument("--rollouts", type=int, default=30, help="rollouts measured")
     p.add_argument("--warmup", type=int, default=5, help="rollouts played first, not measured")
     p.add_argument("--seed", type=int, default=1, help="torch and env seed")
-    summarise(measure(p.parse_args(argv)))
-    return 0
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        if args.rollouts < 2 or args.warmup < 0:
+            raise UsageError("--rollouts must be at least 2 (consecutive ones are compared), --warmup at least 0")
+        summarise(measure(args))
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -102,3 +102,9 @@ def test_bf16_grads_compares_the_two_precisions_on_the_same_pong_rollouts():
         r"policy KL\(fp32 \|\| bf16\) per step: mean ([\d.e+-]+), max ([\d.e+-]+) \((\d+) steps\)", result.stdout
     )
     assert kl and 0 < float(kl[1]) <= float(kl[2]) and int(kl[3]) == 3 * 20, result.stdout
+
+
+def test_bf16_grads_refuses_bad_input_in_one_line(tmp_path):
+    for args in (("--rollouts", 1), ("--checkpoint", tmp_path / "none.dat")):
+        result = run_cli("-m", "benchmarks.bf16_grads", *args)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
