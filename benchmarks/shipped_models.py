@@ -11,7 +11,8 @@ the size; `--load` from it restores weights only), as trained_models/<env>.dat, 
 with it (gym_eval's games: greedy, game i with seed --seed + i) and writes trained_models/<env>.json: env,
 frames, training time, hardware, the training command, and every game's reward. `epsilon` plays a shipped
 model's games again with gym_eval's --epsilon (a random action with that chance per step: DQN's evaluation
-protocol, which ends the loops greedy play can fall into) and adds their summary to its JSON. `table`
+protocol, which ends the loops greedy play can fall into) and adds them to its JSON; with --results it takes
+the games of such a gym_eval run already played with that model instead. `table`
 prints the results table from every trained_models/*.json; with --readme it rewrites the README's table
 between its `results` markers.
 """
@@ -112,17 +113,53 @@ def summary_of(results: dict) -> dict:
 
 
 def add_epsilon_evaluation(meta: str, epsilon: float, episodes: int, seed: int, workers: int) -> dict:
-    """Play the model of the shipped JSON `meta` with --epsilon `epsilon` and write the summary into the JSON
-    as its "epsilon_evaluation" (replacing an earlier one); return that summary."""
-    with open(meta) as f:
-        data = json.load(f)
+    """Play the model of the shipped JSON `meta` with --epsilon `epsilon` and write the result into the JSON
+    as its "epsilon_evaluation" (replacing an earlier one); return that block."""
+    data = read_json(meta)
     path = os.path.join(os.path.dirname(meta), data["checkpoint"])
     results = play_games(path, data["env"], episodes, seed, workers, epsilon)
-    lengths = [g["length"] for g in results["games"]]
-    block = {"epsilon": epsilon, **summary_of(results), "longest": max(lengths), "evaluated": evaluated(seed)}
+    return write_epsilon_evaluation(meta, data, epsilon, results, evaluated(seed))
+
+
+def import_epsilon_evaluation(meta: str, results_path: str, epsilon: float, hardware: str) -> dict:
+    """Write the games of a gym_eval --epsilon run already played with the shipped model (its --results JSON,
+    played on `hardware`) into the JSON `meta`, as add_epsilon_evaluation does; return that block. Refused
+    where those games are not the shipped model's, or not played as the shipped figures are."""
+    data, results = read_json(meta), read_json(results_path)
+    if not {"env", "trained_frames", "config", "interrupted", "summary", "games"} <= results.keys():
+        raise UsageError(f"{results_path} is not a gym_eval results JSON (gym_eval.py --results)")
+    cfg = results["config"]
+    if results["env"] != data["env"] or results["trained_frames"] != data["frames"]:
+        raise UsageError(
+            f"{results_path} evaluated a model of {results['env']} trained {results['trained_frames']:,} frames, "
+            f"not the shipped one ({data['env']}, {data['frames']:,} frames): give that model's results"
+        )
+    if cfg["epsilon"] != epsilon:
+        raise UsageError(f"{results_path} was played with --epsilon {cfg['epsilon']:g}, not {epsilon:g}")
+    if cfg["stochastic"] or cfg["bf16"] != PRECISION or results["interrupted"]:
+        raise UsageError(
+            f"{results_path} is not a whole gym_eval run with argmax actions and --bf16 "
+            f"{PRECISION}: play the games again without --results"
+        )
+    where = {"results": os.path.relpath(results_path, ROOT), "seed": cfg["seed"], "hardware": hardware}
+    return write_epsilon_evaluation(meta, data, epsilon, results, where | {"bf16": cfg["bf16"]})
+
+
+def write_epsilon_evaluation(meta: str, data: dict, epsilon: float, results: dict, where: dict) -> dict:
+    games = [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]]
+    longest = max(g["length"] for g in games)
+    block = {"epsilon": epsilon, **summary_of(results), "longest": longest, "evaluated": where, "played": games}
     with atomic_write(meta) as f:
         json.dump(data | {"epsilon_evaluation": block}, f, indent=2)
     return block
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
 
 
 def shipped() -> list[dict]:
@@ -200,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--training-seconds", type=float, help="training time (default: the checkpoint's)")
     add_evaluation_flags(ev)
     ev.add_argument("--sittings", help="the run's folder: the sittings its sittings.json lists go in the JSON")
-    ep = sub.add_parser("epsilon", help="evaluate a shipped model again with --epsilon; add the summary to its JSON")
+    ep = sub.add_parser("epsilon", help="evaluate a shipped model again with --epsilon; add the games to its JSON")
     ep.add_argument("json", help="the shipped model's JSON (trained_models/<env>.json)")
     ep.add_argument("--epsilon", type=float, default=0.001, help="gym_eval's --epsilon")
     add_evaluation_flags(ep)
+    ep.add_argument("--results", help="a gym_eval run's results JSON with this model and --epsilon: its games")
+    ep.add_argument("--hardware", help="with --results: the machine that played them")
     tb = sub.add_parser("table", help="print the results table of every trained_models/*.json")
     tb.add_argument("--readme", help="rewrite this README's table in place")
     args = p.parse_args(argv)
@@ -229,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{data['env']}: {e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games; wrote {out}")
             return 0
         if args.action == "epsilon":
-            e = add_epsilon_evaluation(args.json, args.epsilon, args.episodes, args.seed, args.workers)
+            if args.results and not args.hardware:
+                raise UsageError("--results needs --hardware: the machine its games were played on")
+            if args.results:
+                e = import_epsilon_evaluation(args.json, args.results, args.epsilon, args.hardware)
+            else:
+                e = add_epsilon_evaluation(args.json, args.epsilon, args.episodes, args.seed, args.workers)
             summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games"
             print(f"epsilon {e['epsilon']:g}: {summary}; wrote {args.json}")
             return 0

@@ -90,3 +90,31 @@ def test_an_epsilon_evaluation_is_added_to_the_json_and_its_table_row(tmp_path):
     assert after == before
     assert block["epsilon"] == 0.01 and block["games"] == 1 and -21 <= block["mean"] <= 21 and block["longest"] > 0
     assert f"{block['mean']:.2f} ± 0.00 (ε 0.01)" in table([after | {"epsilon_evaluation": block}])
+
+
+def test_an_epsilon_evaluation_already_played_is_taken_from_its_results_and_checked(tmp_path):
+    for suffix in (".dat", ".json"):
+        shutil.copy(os.path.join(ROOT, "trained_models", f"PongNoFrameskip-v4{suffix}"), tmp_path)
+    meta, played = tmp_path / "PongNoFrameskip-v4.json", tmp_path / "played.json"
+    model, env = str(tmp_path / "PongNoFrameskip-v4.dat"), "PongNoFrameskip-v4"
+    results = evaluate(model, env, episodes=1, seed=3, epsilon=0.01, bf16="off", results=str(played))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(json.loads(played.read_text()) | {"trained_frames": 1}))
+    take = ("-m", "benchmarks.shipped_models", "epsilon", meta, "--results")
+    refused = [
+        run_cli(*take, played, "--hardware", "here", "--epsilon", 0.001),  # played with 0.01
+        run_cli(*take, other, "--hardware", "here", "--epsilon", 0.01),  # another model's games
+        run_cli(*take, played, "--epsilon", 0.01),  # where they were played is not said
+    ]
+    for result, why in zip(refused, ("not 0.001", "not the shipped one", "needs --hardware")):
+        assert result.returncode == 2 and why in result.stderr and len(result.stderr.splitlines()) == 1, result
+    before = json.loads(meta.read_text())
+    result = run_cli(*take, played, "--hardware", "here", "--epsilon", 0.01)
+    assert result.returncode == 0, result.stderr
+    after = json.loads(meta.read_text())
+    block = after.pop("epsilon_evaluation")
+    assert after == before
+    game = results["games"][0]
+    assert block["games"] == 1 and block["mean"] == game["reward"] and block["longest"] == game["length"]
+    assert block["played"] == [{k: game[k] for k in ("seed", "reward", "length")}]
+    assert block["evaluated"]["hardware"] == "here" and block["evaluated"]["results"].endswith("played.json")
