@@ -11,10 +11,9 @@ the size; `--load` from it restores weights only), as trained_models/<env>.dat, 
 with it (gym_eval's games: greedy, game i with seed --seed + i) and writes trained_models/<env>.json: env,
 frames, training time, hardware, the training command, and every game's reward. `epsilon` plays a shipped
 model's games again with gym_eval's --epsilon (a random action with that chance per step: DQN's evaluation
-protocol, which ends the loops greedy play can fall into) and adds them to its JSON; with --results it takes
-the games of such a gym_eval run already played with that model instead. `table`
-prints the results table from every trained_models/*.json; with --readme it rewrites the README's table
-between its `results` markers.
+protocol, which can end the loops greedy play falls into) and adds them to its JSON; with --results it takes
+the games of such a gym_eval run already played with that model instead. `table` prints the results table from
+every trained_models/*.json; with --readme it rewrites the README's table between its `results` markers.
 """
 
 from __future__ import annotations
@@ -32,10 +31,13 @@ from benchmarks.bench import hardware as bench_hardware
 from benchmarks.sittings import read_sittings
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import Parser, run_command
+from evaluation import EvalConfig, trained_skip_rate
 from gym_eval import print_game
 from settings import usable_cpus
 from utils import UsageError, atomic_write, safe_name
 
+GYM_EVAL_RESULTS = {"env", "trained_frames", "config", "interrupted", "summary", "games"}
+GYM_EVAL_CONFIG = {"seed", "epsilon", "stochastic", "bf16", "max_episode_length", "env_config", "skip_rate"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "trained_models")
 PRECISION = "off"  # --bf16 of the shipped figures: fp32 plays the same games on every CPU
@@ -83,8 +85,9 @@ def describe(
 
 
 def play_games(path: str, env: str, episodes: int, seed: int, workers: int, epsilon: float = 0.0) -> dict:
-    """gym_eval's games with the model at `path`, in the shipped figures' precision, each printed as it ends."""
-    return evaluate(
+    """gym_eval's games with the model at `path`, in the shipped figures' precision, each printed as it ends.
+    A Ctrl-C stops them with nothing written: a shipped figure is always of every game asked for."""
+    results = evaluate(
         path,
         env,
         episodes=episodes,
@@ -94,6 +97,9 @@ def play_games(path: str, env: str, episodes: int, seed: int, workers: int, epsi
         bf16=PRECISION,
         on_game=lambda game, games: print_game(game, games, episodes),
     )
+    if results["interrupted"]:
+        raise UsageError(f"interrupted after {results['summary']['games']} of {episodes} games: nothing written")
+    return results
 
 
 def evaluated(seed: int) -> dict:
@@ -115,7 +121,9 @@ def summary_of(results: dict) -> dict:
 def add_epsilon_evaluation(meta: str, epsilon: float, episodes: int, seed: int, workers: int) -> dict:
     """Play the model of the shipped JSON `meta` with --epsilon `epsilon` and write the result into the JSON
     as its "epsilon_evaluation" (replacing an earlier one); return that block."""
-    data = read_json(meta)
+    if epsilon <= 0:
+        raise UsageError(f"--epsilon {epsilon:g}: give a chance above 0 (0 plays the greedy games again)")
+    data = read_shipped(meta)
     path = os.path.join(os.path.dirname(meta), data["checkpoint"])
     results = play_games(path, data["env"], episodes, seed, workers, epsilon)
     return write_epsilon_evaluation(meta, data, epsilon, results, evaluated(seed))
@@ -125,22 +133,29 @@ def import_epsilon_evaluation(meta: str, results_path: str, epsilon: float, hard
     """Write the games of a gym_eval --epsilon run already played with the shipped model (its --results JSON,
     played on `hardware`) into the JSON `meta`, as add_epsilon_evaluation does; return that block. Refused
     where those games are not the shipped model's, or not played as the shipped figures are."""
-    data, results = read_json(meta), read_json(results_path)
-    if not {"env", "trained_frames", "config", "interrupted", "summary", "games"} <= results.keys():
+    data, results = read_shipped(meta), read_json(results_path)
+    cfg = results.get("config") if isinstance(results, dict) else None
+    if not isinstance(cfg, dict) or not (GYM_EVAL_RESULTS <= results.keys() and GYM_EVAL_CONFIG <= cfg.keys()):
         raise UsageError(f"{results_path} is not a gym_eval results JSON (gym_eval.py --results)")
-    cfg = results["config"]
     if results["env"] != data["env"] or results["trained_frames"] != data["frames"]:
         raise UsageError(
             f"{results_path} evaluated a model of {results['env']} trained {results['trained_frames']:,} frames, "
             f"not the shipped one ({data['env']}, {data['frames']:,} frames): give that model's results"
         )
-    if cfg["epsilon"] != epsilon:
-        raise UsageError(f"{results_path} was played with --epsilon {cfg['epsilon']:g}, not {epsilon:g}")
-    if cfg["stochastic"] or cfg["bf16"] != PRECISION or results["interrupted"]:
-        raise UsageError(
-            f"{results_path} is not a whole gym_eval run with argmax actions and --bf16 "
-            f"{PRECISION}: play the games again without --results"
-        )
+    ckpt = load_checkpoint(os.path.join(os.path.dirname(meta), data["checkpoint"]))
+    played_as = {
+        "epsilon": epsilon,
+        "stochastic": False,
+        "bf16": PRECISION,
+        "max_episode_length": EvalConfig.max_episode_length,
+        "env_config": EvalConfig.env_config,
+        "skip_rate": trained_skip_rate(ckpt),
+    }
+    for name, wanted in played_as.items():
+        if cfg[name] != wanted:
+            raise UsageError(f"{results_path} was played with {name} {cfg[name]}, not {wanted} as shipped figures are")
+    if results["interrupted"]:
+        raise UsageError(f"{results_path} is of an interrupted run: give a whole one")
     where = {"results": os.path.relpath(results_path, ROOT), "seed": cfg["seed"], "hardware": hardware}
     return write_epsilon_evaluation(meta, data, epsilon, results, where | {"bf16": cfg["bf16"]})
 
@@ -152,6 +167,14 @@ def write_epsilon_evaluation(meta: str, data: dict, epsilon: float, results: dic
     with atomic_write(meta) as f:
         json.dump(data | {"epsilon_evaluation": block}, f, indent=2)
     return block
+
+
+def read_shipped(meta: str) -> dict:
+    """A shipped model's JSON (what `ship` wrote)."""
+    data = read_json(meta)
+    if not isinstance(data, dict) or not {"env", "checkpoint", "frames", "evaluation", "games"} <= data.keys():
+        raise UsageError(f"{meta} is not a shipped model's JSON (trained_models/<env>.json)")
+    return data
 
 
 def read_json(path: str) -> dict:
@@ -268,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{data['env']}: {e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games; wrote {out}")
             return 0
         if args.action == "epsilon":
-            if args.results and not args.hardware:
-                raise UsageError("--results needs --hardware: the machine its games were played on")
+            if bool(args.results) != bool(args.hardware):
+                raise UsageError("--results and --hardware go together: the games played, and the machine they ran on")
             if args.results:
                 e = import_epsilon_evaluation(args.json, args.results, args.epsilon, args.hardware)
             else:
