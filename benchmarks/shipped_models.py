@@ -80,7 +80,7 @@ def describe(
         "command": command,
         "evaluated": evaluated(seed),
         "evaluation": summary_of(results),
-        "games": [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]],
+        "games": kept_games(results),
     } | ({"sittings": sittings} if sittings else {})
 
 
@@ -112,6 +112,11 @@ def evaluated(seed: int) -> dict:
         "hardware": bench_hardware(),
         "bf16": PRECISION,
     }
+
+
+def kept_games(results: dict) -> list[dict]:
+    """What a shipped JSON keeps of each game: its seed, reward and length."""
+    return [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]]
 
 
 def summary_of(results: dict) -> dict:
@@ -156,12 +161,17 @@ def import_epsilon_evaluation(meta: str, results_path: str, epsilon: float, hard
             raise UsageError(f"{results_path} was played with {name} {cfg[name]}, not {wanted} as shipped figures are")
     if results["interrupted"]:
         raise UsageError(f"{results_path} is of an interrupted run: give a whole one")
-    where = {"results": os.path.relpath(results_path, ROOT), "seed": cfg["seed"], "hardware": hardware}
-    return write_epsilon_evaluation(meta, data, epsilon, results, where | {"bf16": cfg["bf16"]})
+    where = {
+        "results": os.path.relpath(results_path, ROOT),
+        "seed": cfg["seed"],
+        "hardware": hardware,
+        "bf16": PRECISION,
+    }
+    return write_epsilon_evaluation(meta, data, epsilon, results, where)
 
 
 def write_epsilon_evaluation(meta: str, data: dict, epsilon: float, results: dict, where: dict) -> dict:
-    games = [{"seed": g["seed"], "reward": g["reward"], "length": g["length"]} for g in results["games"]]
+    games = kept_games(results)
     longest = max(g["length"] for g in games)
     block = {"epsilon": epsilon, **summary_of(results), "longest": longest, "evaluated": where, "played": games}
     with atomic_write(meta) as f:

@@ -107,22 +107,22 @@ def test_an_epsilon_evaluation_already_played_is_taken_from_its_results_and_chec
     other, cut = tmp_path / "other.json", tmp_path / "cut.json"
     other.write_text(json.dumps(json.loads(played.read_text()) | {"trained_frames": 1}))
     cut.write_text(json.dumps(json.loads(played.read_text()) | {"interrupted": True}))
-    take = ("-m", "benchmarks.shipped_models", "epsilon", meta, "--results")
+    take = ("benchmarks.shipped_models", "epsilon", meta, "--results")
     refused = run_cli_each(
         "-m",
         [
-            (*take[1:], played, "--hardware", "here", "--epsilon", 0.001),  # played with 0.01
-            (*take[1:], other, "--hardware", "here", "--epsilon", 0.01),  # another model's games
-            (*take[1:], cut, "--hardware", "here", "--epsilon", 0.01),  # not all of them
-            (*take[1:], meta, "--hardware", "here", "--epsilon", 0.01),  # not gym_eval's results
-            (*take[1:], played, "--epsilon", 0.01),  # where they were played is not said
+            (*take, played, "--hardware", "here", "--epsilon", 0.001),  # played with 0.01
+            (*take, other, "--hardware", "here", "--epsilon", 0.01),  # another model's games
+            (*take, cut, "--hardware", "here", "--epsilon", 0.01),  # not all of them
+            (*take, meta, "--hardware", "here", "--epsilon", 0.01),  # not gym_eval's results
+            (*take, played, "--epsilon", 0.01),  # where they were played is not said
         ],
     )
     whys = ("not 0.001", "not the shipped one", "interrupted", "not a gym_eval results JSON", "go together")
     for result, why in zip(refused, whys):
         assert result.returncode == 2 and why in result.stderr and len(result.stderr.splitlines()) == 1, result
     before = json.loads(meta.read_text())
-    result = run_cli(*take, played, "--hardware", "here", "--epsilon", 0.01)
+    result = run_cli("-m", *take, played, "--hardware", "here", "--epsilon", 0.01)
     assert result.returncode == 0, result.stderr
     after = json.loads(meta.read_text())
     block = after.pop("epsilon_evaluation")
