@@ -247,6 +247,7 @@ def evaluate_games(cfg: EvalConfig, ckpt: Checkpoint, on_game=None) -> dict:
         "preprocessing": ckpt.preprocessing,
         "greedy": not cfg.stochastic,
         "interrupted": interrupted,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": asdict(cfg),
         "summary": summarize([g["reward"] for g in games], time.time() - start),
         "games": games,

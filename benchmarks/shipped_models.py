@@ -18,6 +18,7 @@ every trained_models/*.json; with --readme it rewrites the README's table betwee
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -163,6 +164,7 @@ def import_epsilon_evaluation(meta: str, results_path: str, epsilon: float, hard
         raise UsageError(f"{results_path} is of an interrupted run: give a whole one")
     where = {
         "results": os.path.relpath(results_path, ROOT),
+        **({"date": results["date"]} if "date" in results else {}),
         "seed": cfg["seed"],
         "hardware": hardware,
         "bf16": PRECISION,
@@ -253,11 +255,23 @@ def write_readme(readme: str, text: str) -> None:
         f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
+EPISODES, SEED = 100, 1  # the games `ship` and `epsilon` play: gym_eval's seeds 1 to 100
+PLAYING = ("episodes", "seed", "workers")
+
+
 def add_evaluation_flags(parser) -> None:
-    """The games a subcommand plays: how many, the first game's seed, and in how many processes."""
-    parser.add_argument("--episodes", type=int, default=100, help="games to play")
-    parser.add_argument("--seed", type=int, default=1, help="game i is played with seed + i, as in gym_eval")
-    parser.add_argument("--workers", type=int, default=usable_cpus(), help="games played at once")
+    """The games a subcommand plays: how many, the first game's seed, and in how many processes. A flag not
+    given is left out of the parsed flags (playing_flags fills in its default), so that one given where no
+    game is played can be refused."""
+    absent = {"type": int, "default": argparse.SUPPRESS}
+    parser.add_argument("--episodes", **absent, help=f"games to play (default: {EPISODES})")
+    parser.add_argument("--seed", **absent, help=f"game i is played with seed + i, as in gym_eval (default: {SEED})")
+    parser.add_argument("--workers", **absent, help="games played at once (default: the CPUs this process may use)")
+
+
+def playing_flags(args) -> tuple[int, int, int]:
+    """--episodes, --seed and --workers, with their defaults where not given."""
+    return getattr(args, "episodes", EPISODES), getattr(args, "seed", SEED), getattr(args, "workers", usable_cpus())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,16 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "ship":
             sittings = read_sittings(args.sittings, None)["sittings"] if args.sittings else None
             path = ship(args.model)
-            data = describe(
-                path,
-                args.hardware,
-                args.command,
-                args.episodes,
-                args.seed,
-                args.workers,
-                args.training_seconds,
-                sittings,
-            )
+            data = describe(path, args.hardware, args.command, *playing_flags(args), args.training_seconds, sittings)
             out = os.path.splitext(path)[0] + ".json"
             with atomic_write(out) as f:
                 json.dump(data, f, indent=2)
@@ -304,9 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             if bool(args.results) != bool(args.hardware):
                 raise UsageError("--results and --hardware go together: the games played, and the machine they ran on")
             if args.results:
+                given = [f"--{name}" for name in PLAYING if hasattr(args, name)]
+                if given:
+                    raise UsageError(f"{', '.join(given)}: with --results no game is played; leave them out")
                 e = import_epsilon_evaluation(args.json, args.results, args.epsilon, args.hardware)
             else:
-                e = add_epsilon_evaluation(args.json, args.epsilon, args.episodes, args.seed, args.workers)
+                e = add_epsilon_evaluation(args.json, args.epsilon, *playing_flags(args))
             summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['games']} games"
             print(f"epsilon {e['epsilon']:g}: {summary}; wrote {args.json}")
             return 0

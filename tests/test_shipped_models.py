@@ -116,9 +116,10 @@ def test_an_epsilon_evaluation_already_played_is_taken_from_its_results_and_chec
             (*take, cut, "--hardware", "here", "--epsilon", 0.01),  # not all of them
             (*take, meta, "--hardware", "here", "--epsilon", 0.01),  # not gym_eval's results
             (*take, played, "--epsilon", 0.01),  # where they were played is not said
+            (*take, played, "--hardware", "here", "--epsilon", 0.01, "--seed", 7),  # no game is played
         ],
     )
-    whys = ("not 0.001", "not the shipped one", "interrupted", "not a gym_eval results JSON", "go together")
+    whys = ("not 0.001", "not the shipped one", "interrupted", "not a gym_eval results JSON", "go together", "--seed")
     for result, why in zip(refused, whys):
         assert result.returncode == 2 and why in result.stderr and len(result.stderr.splitlines()) == 1, result
     before = json.loads(meta.read_text())
@@ -131,3 +132,4 @@ def test_an_epsilon_evaluation_already_played_is_taken_from_its_results_and_chec
     assert block["games"] == 1 and block["mean"] == game["reward"] and block["longest"] == game["length"]
     assert block["played"] == [{k: game[k] for k in ("seed", "reward", "length")}]
     assert block["evaluated"]["hardware"] == "here" and block["evaluated"]["results"].endswith("played.json")
+    assert block["evaluated"]["date"] == results["date"]
