@@ -97,7 +97,7 @@ def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
             "host %d of %d: weights synced every %g s (%s of the hosts' changes)%s",
             *(cfg.host, cfg.hosts, cfg.sync_interval, cfg.sync_op, "" if cfg.host == 0 else "; host 0 tests and saves"),
         )
-    with gpu_sharing(cfg.mps, shared_gpus(cfg.gpu_ids, cfg.workers), log_line(logger)) as under_mps:
+    with gpu_sharing(cfg.mps, shared_gpus(cfg.gpu_ids, cfg.workers, test=cfg.host == 0), log_line(logger)) as under_mps:
         supervisor = Supervisor(run, logger, received, peers, under_mps)
         exit_code = supervisor.run()
     if peers is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +24,7 @@ from agent import Agent, play_game
 from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
+from mps import gpu_sharing
 from process import use_device
 from settings import Config, bf16_for, check_choices, check_gpus, check_probability, same_setting, setting
 from utils import UsageError, atomic_write, safe_name
@@ -204,8 +206,14 @@ def play_all(cfg: EvalConfig, weights: dict):
             yield from (play_one(player, index) for index in range(cfg.num_episodes))
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(cfg.workers, initializer=init_pool_process, initargs=(cfg, weights)) as pool:
-        yield from pool.imap(play_in_pool, range(cfg.num_episodes))
+    shared = {cfg.gpu_id: cfg.workers} if cfg.device.type == "cuda" else {}
+    with gpu_sharing(Config.mps, shared, print_mps_line):  # as training's workers share a GPU (README: A3G and MPS)
+        with ctx.Pool(cfg.workers, initializer=init_pool_process, initargs=(cfg, weights)) as pool:
+            yield from pool.imap(play_in_pool, range(cfg.num_episodes))
+
+
+def print_mps_line(line: str, warning: bool) -> None:
+    print(line, file=sys.stderr if warning else sys.stdout, flush=True)
 
 
 def summarize(rewards: list[float], seconds: float) -> dict:

@@ -47,13 +47,13 @@ COST = "they take turns on it instead of running at once (README: A3G and MPS)"
 START_IT = f"start it with `{CONTROL} -d` as a user allowed to (root or the GPU's owner)"
 
 
-def shared_gpus(gpu_ids: tuple[int, ...], workers: int) -> dict[int, int]:
+def shared_gpus(gpu_ids: tuple[int, ...], workers: int, test: bool = True) -> dict[int, int]:
     """The GPUs that two or more of the run's processes share, with their process counts: the workers go
-    round `gpu_ids`, and the test process plays on the first."""
+    round `gpu_ids`, and the test process, where one runs (`test`: host 0 of a run), plays on the first."""
     if gpu_ids == (-1,):
         return {}
     counts = Counter(gpu_ids[rank % len(gpu_ids)] for rank in range(workers))
-    counts[gpu_ids[0]] += 1
+    counts[gpu_ids[0]] += test
     return {gpu: n for gpu, n in sorted(counts.items()) if n >= 2}
 
 

@@ -48,6 +48,8 @@ def describe_bf16(mode: str, device: torch.device) -> str:
     """The precision a process on `device` takes under --bf16 `mode`, and why, for the run's log."""
     on = bf16_for(mode, device)
     precision = "bf16 convolutions" if on else "fp32"
+    if not on and device.type == "cuda":
+        precision += " (convolutions in TF32 on GPUs that have it: cuDNN's default in torch)"
     if mode != "auto":
         return f"{precision} (--bf16 {mode})"
     if device.type != "cpu":

@@ -299,7 +299,8 @@ def benchmark(args) -> int:
     num_actions = describe_env(args.env, "config.json")
     print(f"{args.env}, {args.workers} workers, devices {args.gpu_ids}: {hardware()}", flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
-    sharing = gpu_sharing(args.mps, shared_gpus(common.gpu_ids, common.workers), lambda line, _: print(line))
+    shared = shared_gpus(common.gpu_ids, common.workers, test=False)  # bench starts no test process
+    sharing = gpu_sharing(args.mps, shared, lambda line, _: print(line))
     with sharing:
         for round_ in range(args.rounds):
             for name, cfg in variants.items():

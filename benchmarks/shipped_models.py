@@ -38,7 +38,7 @@ from settings import usable_cpus
 from utils import UsageError, atomic_write, safe_name
 
 GYM_EVAL_RESULTS = {"env", "trained_frames", "config", "interrupted", "summary", "games"}
-GYM_EVAL_CONFIG = {"seed", "epsilon", "stochastic", "bf16", "max_episode_length", "env_config", "skip_rate"}
+GYM_EVAL_CONFIG = {"seed", "epsilon", "stochastic", "bf16", "gpu_id", "max_episode_length", "env_config", "skip_rate"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "trained_models")
 PRECISION = "off"  # --bf16 of the shipped figures: fp32 plays the same games on every CPU
@@ -153,6 +153,7 @@ def import_epsilon_evaluation(meta: str, results_path: str, epsilon: float, hard
         "epsilon": epsilon,
         "stochastic": False,
         "bf16": PRECISION,
+        "gpu_id": -1,  # the CPU: a GPU's kernels (TF32 convolutions, its own random numbers) play other games
         "max_episode_length": EvalConfig.max_episode_length,
         "env_config": EvalConfig.env_config,
         "skip_rate": trained_skip_rate(ckpt),

@@ -26,11 +26,13 @@ from train import apply_update
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_gradients_from_a_gpu_worker_update_the_cpu_shared_model():
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+def test_gradients_from_a_gpu_worker_update_the_cpu_shared_model(channels_last):
+    """Channels-last (the workers' layout) pulls and pushes through temporaries of the other layout."""
     torch.manual_seed(0)
     shared = A3Clstm(1, 6, 64).share_memory()
     gpu = torch.device("cuda", 0)
-    local = A3Clstm(1, 6, 64).to(gpu)
+    local = A3Clstm(1, 6, 64).to(gpu, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     link = SharedLink(shared, local, gpu)
     optimizer = torch.optim.SGD(shared.parameters(), lr=1.0)
     x = torch.randn(2, 1, 80, 80)

@@ -35,6 +35,8 @@ def test_processes_sharing_a_gpu_count_the_workers_round_the_ids_and_the_test_pr
     assert shared_gpus((0, 1), 2) == {0: 2}  # worker 0 and the test process
     assert shared_gpus((0, 1, 2), 2) == {0: 2}
     assert shared_gpus((-1,), 16) == {}
+    assert shared_gpus((0,), 16, test=False) == {0: 16}  # bench, or a host other than 0: no test process
+    assert shared_gpus((0,), 1, test=False) == {}
 
 
 def test_the_plan_for_each_machine():

@@ -167,3 +167,5 @@ def test_bf16_auto_is_on_where_the_cpu_has_native_bf16_units_and_off_elsewhere(t
     assert ("has no native bf16 units" in line) != bool(cpu_bf16_units()) and line.startswith(
         "bf16 convolutions" if cpu_bf16_units() else "fp32"
     )
+    assert "TF32" in describe_bf16("auto", gpu) and "TF32" not in describe_bf16("off", cpu)  # cuDNN's default on GPUs
+    assert describe_bf16("on", gpu) == "bf16 convolutions (--bf16 on)"
