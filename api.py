@@ -63,7 +63,7 @@ def train(cfg: Config) -> TrainResult:
 def train_host(cfg: Config, received: list[str], cluster=None) -> TrainResult:
     """This host's part of a run: its checks, shared model and Supervisor (one host: the whole run)."""
     num_actions = prepare(cfg)
-    resume = cfg.load or (cluster is not None and cluster.restarted)
+    resume = cfg.load or (cluster is not None and cluster.continues(cfg))
     ckpt = load_resume(cfg, num_actions, required=cluster is None) if resume else None
     if cluster is not None:
         ckpt = cluster.shared_checkpoint(cfg, ckpt)

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from checkpoint import Checkpoint
 from run_state import RunShared
 from settings import Config, seed_block
-from utils import UsageError, first_line
+from utils import UsageError, atomic_write, first_line
 
 # What must be the same on every host, or the collectives would not fit or the hosts would learn apart.
 MUST_MATCH = ("env", "hidden_size", "sync_op", "sync_interval")
@@ -90,6 +90,22 @@ class Cluster:
                     )
         return replace(cfg, host=self.host, hosts=self.hosts, seed=host_seed(cfg.seed, everyone, self.host))
 
+    def continues(self, cfg: Config) -> bool:
+        """Whether this main.py goes on with its host's run rather than starting one: torchrun's agent here
+        restarted it, after a failure (its restart count) or because a host joined while this one was still
+        stopping (a restart torchrun does not count). The agent that started this host's last main.py is kept
+        in <log>_torchrun, and this one is recorded there for the next."""
+        path, agent = cfg.log_path("_torchrun"), agent_identity()
+        try:
+            with open(path) as f:
+                same_agent = f.read() == agent
+        except OSError:
+            same_agent = False
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_write(path) as f:
+            f.write(agent)
+        return self.restarted or same_agent
+
     def shared_checkpoint(self, cfg: Config, local: Checkpoint | None) -> Checkpoint | None:
         """The checkpoint every host starts from: the one with the most updates among those the hosts have
         (host 0's after a restart, as only host 0 saves). With --load and none anywhere: a UsageError."""
@@ -110,6 +126,17 @@ class Cluster:
     def leave(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def agent_identity() -> str:
+    """The process that started this one (torchrun's agent): its pid and start time, as a pid is reused."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/stat") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "?"
+    return f"{parent} {started}"
 
 
 def fingerprint(weights: torch.Tensor) -> str:

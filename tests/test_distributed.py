@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -293,3 +294,17 @@ def test_bench_hosts_compares_one_host_with_two(tmp_path):
     assert [r["hosts"] for r in runs.values()] == [1, 2]
     for run in runs.values():
         assert run["frames_per_s"] > 0 and run["frames"] > 0 and run["stop_reason"] == "reached --max-time 15 s"
+
+
+def test_a_main_py_started_again_by_the_same_torchrun_agent_continues_its_host_s_run(tmp_path):
+    """torchrun restarts main.py without counting it when a host joins while this one is still stopping (the
+    rejoin test's race): the agent that started the last main.py, not the restart count, says it is a restart."""
+    from distributed import Cluster
+    from settings import Config
+
+    cfg = replace(Config(), log_dir=str(tmp_path / "logs"), host=1)
+    first, restarted = Cluster(1, 2, restarted=False), Cluster(1, 2, restarted=True)
+    assert not first.continues(cfg)  # a new torchrun: a new run
+    assert first.continues(cfg)  # the same agent started it again
+    (tmp_path / "logs" / f"{PONG}_host1_torchrun").write_text("1 1")  # another torchrun's agent, since gone
+    assert not first.continues(cfg) and restarted.continues(cfg)
