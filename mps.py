@@ -53,7 +53,8 @@ def shared_gpus(gpu_ids: tuple[int, ...], workers: int, test: bool = True) -> di
     if gpu_ids == (-1,):
         return {}
     counts = Counter(gpu_ids[rank % len(gpu_ids)] for rank in range(workers))
-    counts[gpu_ids[0]] += test
+    if test:
+        counts[gpu_ids[0]] += 1
     return {gpu: n for gpu, n in sorted(counts.items()) if n >= 2}
 
 
