@@ -24,7 +24,7 @@ from agent import Agent, play_game
 from checkpoint import Checkpoint, check_fits, load_checkpoint
 from environment import describe_env, frames_per_step, is_atari, make_env_for
 from model import A3Clstm
-from mps import gpu_sharing
+from mps import gpu_sharing, shared_gpus
 from process import use_device
 from settings import Config, bf16_for, check_choices, check_gpus, check_probability, same_setting, setting
 from utils import UsageError, atomic_write, safe_name
@@ -206,7 +206,7 @@ def play_all(cfg: EvalConfig, weights: dict):
             yield from (play_one(player, index) for index in range(cfg.num_episodes))
         return
     ctx = mp.get_context("spawn")
-    shared = {cfg.gpu_id: cfg.workers} if cfg.device.type == "cuda" else {}
+    shared = shared_gpus((cfg.gpu_id,), cfg.workers, test=False)  # the pool's processes, on one GPU or the CPU
     with gpu_sharing(Config.mps, shared, print_mps_line):  # as training's workers share a GPU (README: A3G and MPS)
         with ctx.Pool(cfg.workers, initializer=init_pool_process, initargs=(cfg, weights)) as pool:
             yield from pool.imap(play_in_pool, range(cfg.num_episodes))
